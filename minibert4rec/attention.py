@@ -1,0 +1,125 @@
+"""Attention: scaled dot-product attention and multi-head attention.
+
+Axis letters as in ``layers.py``: B batch, H heads, T positions (Tq queries,
+Tk keys), D model width, Dh = D // H the width of one head.
+
+Scaled dot-product attention (layer 9)
+    scores  = Q K^T / sqrt(Dh) + mask          (B, H, Tq, Tk)
+    weights = softmax(scores)  over keys        (B, H, Tq, Tk), rows sum to 1
+    out     = Dropout(weights) V                (B, H, Tq, Dh)
+
+Multi-head attention (layer 10)
+    Q, K, V = x Wq + bq, x Wk + bk, x Wv + bv  (B, T, D) each, split into H heads of Dh
+    heads   = attention(Q, K, V)               (B, H, T, Dh)
+    out     = concat(heads) Wo + bo            (B, T, D)
+
+No Python loop over batch or heads: heads are an array axis, and ``@`` on
+4-D arrays multiplies all (B, H) pairs of matrices at once.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .layers import (dropout_backward, dropout_forward, linear_backward, linear_forward,
+                     masked_softmax_backward, masked_softmax_forward)
+
+
+def attention_forward(q, k, v, mask=None, dropout_p=0.0, rng=None, train=True):
+    """Scaled dot-product attention.
+
+    q: (B, H, Tq, Dh)   k, v: (B, H, Tk, Dh)
+    mask: additive, broadcastable to (B, H, Tq, Tk) (see ``layers.additive_mask``), or None
+    dropout_p: dropout on the attention weights (the authors use 0.2 when training)
+
+    Returns (out (B, H, Tq, Dh), weights (B, H, Tq, Tk), cache). ``weights`` are
+    the probabilities BEFORE dropout: what the heat-maps show.
+    """
+    scale = 1.0 / math.sqrt(q.shape[-1])
+    scores = (q @ k.swapaxes(-1, -2)) * scale                 # (B, H, Tq, Tk)
+    weights, sm_cache = masked_softmax_forward(scores, mask)  # (B, H, Tq, Tk)
+    dropped, drop_cache = dropout_forward(weights, dropout_p, rng, train)
+    out = dropped @ v                                         # (B, H, Tq, Dh)
+    return out, weights, (q, k, v, dropped, sm_cache, drop_cache, scale)
+
+
+def attention_backward(dout, cache):
+    """dout: (B, H, Tq, Dh) -> dq (B, H, Tq, Dh), dk (B, H, Tk, Dh), dv (B, H, Tk, Dh)."""
+    q, k, v, dropped, sm_cache, drop_cache, scale = cache
+    # forward: out = dropped @ v
+    d_dropped = dout @ v.swapaxes(-1, -2)                     # (B, H, Tq, Tk)
+    dv = dropped.swapaxes(-1, -2) @ dout                      # (B, H, Tk, Dh)
+    # forward: dropped = dropout(weights); weights = softmax(scores + mask)
+    (dweights,) = dropout_backward(d_dropped, drop_cache)
+    (dscores,) = masked_softmax_backward(dweights, sm_cache)  # (B, H, Tq, Tk)
+    # forward: scores = (q @ k^T) * scale
+    dscores *= scale
+    dq = dscores @ k                                          # (B, H, Tq, Dh)
+    dk = dscores.swapaxes(-1, -2) @ q                         # (B, H, Tk, Dh)
+    return dq, dk, dv
+
+
+# ----------------------------------------------------------------------------
+# Splitting the width into heads and merging them back (views, no loops)
+# ----------------------------------------------------------------------------
+
+
+def split_heads(x, H):
+    """(B, T, D) -> (B, H, T, Dh): head h owns columns h*Dh ... (h+1)*Dh - 1."""
+    B, T, D = x.shape
+    return x.reshape(B, T, H, D // H).transpose(0, 2, 1, 3)
+
+
+def merge_heads(x):
+    """(B, H, T, Dh) -> (B, T, D), the inverse of ``split_heads`` (concatenation)."""
+    B, H, T, Dh = x.shape
+    return x.transpose(0, 2, 1, 3).reshape(B, T, H * Dh)
+
+
+MHA_PARAMS = ("Wq", "bq", "Wk", "bk", "Wv", "bv", "Wo", "bo")
+
+
+def mha_forward(x, p, H, mask=None, dropout_p=0.0, rng=None, train=True):
+    """Multi-head self-attention.
+
+    x: (B, T, D)
+    p: dict with Wq, Wk, Wv, Wo (D, D) and bq, bk, bv, bo (D,)
+    H: number of heads (D must be divisible by H)
+    mask: additive mask, broadcastable to (B, H, T, T), or None
+
+    Returns (out (B, T, D), weights (B, H, T, T), cache).
+
+    The three projections are separate parameters (as the authors' code) but
+    are computed as ONE matmul with the concatenated (D, 3D) matrix: the same
+    numbers, one pass over x instead of three.
+    """
+    B, T, D = x.shape
+    if D % H:
+        raise ValueError(f"model width D={D} is not divisible by the number of heads H={H}")
+    W_qkv = np.concatenate([p["Wq"], p["Wk"], p["Wv"]], axis=1)        # (D, 3D)
+    b_qkv = np.concatenate([p["bq"], p["bk"], p["bv"]])                # (3D,)
+    qkv, qkv_cache = linear_forward(x, W_qkv, b_qkv)                   # (B, T, 3D)
+    qkv = qkv.reshape(B, T, 3, H, D // H).transpose(2, 0, 3, 1, 4)     # (3, B, H, T, Dh)
+    q, k, v = qkv[0], qkv[1], qkv[2]                                   # (B, H, T, Dh) views
+    heads, weights, att_cache = attention_forward(q, k, v, mask, dropout_p, rng, train)
+    concat = merge_heads(heads)                                        # (B, T, D)
+    out, out_cache = linear_forward(concat, p["Wo"], p["bo"])          # (B, T, D)
+    return out, weights, (qkv_cache, att_cache, out_cache, H)
+
+
+def mha_backward(dout, cache):
+    """dout: (B, T, D) -> dx (B, T, D), grads {Wq, bq, Wk, bk, Wv, bv, Wo, bo}."""
+    qkv_cache, att_cache, out_cache, H = cache
+    B, T, D = dout.shape
+    dconcat, dWo, dbo = linear_backward(dout, out_cache)               # (B, T, D)
+    dheads = split_heads(dconcat, H)                                   # (B, H, T, Dh)
+    dq, dk, dv = attention_backward(dheads, att_cache)                 # (B, H, T, Dh) each
+    dqkv = np.stack([dq, dk, dv])                                      # (3, B, H, T, Dh)
+    dqkv = dqkv.transpose(1, 3, 0, 2, 4).reshape(B, T, 3 * D)          # (B, T, 3D)
+    dx, dW_qkv, db_qkv = linear_backward(dqkv, qkv_cache)
+    dWq, dWk, dWv = np.split(dW_qkv, 3, axis=1)
+    dbq, dbk, dbv = np.split(db_qkv, 3)
+    grads = {"Wq": dWq, "bq": dbq, "Wk": dWk, "bk": dbk, "Wv": dWv, "bv": dbv,
+             "Wo": dWo, "bo": dbo}
+    return dx, grads

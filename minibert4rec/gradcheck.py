@@ -1,0 +1,339 @@
+"""Finite-difference gradient checking (public API).
+
+A backward pass is right when it computes the vector-Jacobian product (VJP):
+given a random upstream gradient ``dout`` (same shape as the output), the
+gradient of the scalar
+
+    S(x) = sum(forward(x) * dout)
+
+with respect to every input and parameter. We estimate that gradient
+numerically with centred differences, one element at a time,
+
+    dS/dx_i  ~  (S(x + h e_i) - S(x - h e_i)) / (2 h),     h = 1e-5, float64,
+
+and compare it with the hand-written backward. A random ``dout`` (never all
+ones) makes sure every output element, and every mixing between them, is
+tested.
+
+Typical use in a course's own test::
+
+    from minibert4rec.gradcheck import check_gradients
+
+    def fwd(a):                       # a: dict of float64 arrays by name
+        return my_layer_forward(a["x"], a["W"], a["b"])      # -> (out, cache)
+
+    def bwd(dout, cache):
+        dx, dW, db = my_layer_backward(dout, cache)
+        return {"x": dx, "W": dW, "b": db}
+
+    for r in check_gradients(fwd, bwd, {"x": x, "W": W, "b": b}):
+        assert r.passed, r
+
+The forward must be deterministic: if it uses dropout, create the random
+generator inside ``fwd`` from a fixed seed, so every call drops the same units.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+DEFAULT_H = 1e-5
+DEFAULT_TOL = 1e-7   # layers reach ~1e-10 here; a wrong backward gives ~1e-2 or worse
+MODEL_TOL = 1e-6     # the whole model chains ~30 layers: round-off grows to ~2e-7
+FLOOR = 1e-2         # below this size a gradient is compared absolutely (see rel_error)
+
+
+def rel_error(a, b, floor=FLOOR) -> float:
+    """Relative error of b against a, scaled by the size of the whole tensor:
+
+        max_i |a_i - b_i|  /  max(floor, max_i (|a_i| + |b_i|))
+
+    Scaling by the tensor (not element by element) keeps entries whose true
+    gradient is exactly 0 (e.g. padded positions) from turning the round-off
+    of a finite difference (~1e-11) into a "100 %" error. The floor does the
+    same for a tensor whose gradient is zero EVERYWHERE: the key bias bk of
+    attention (softmax ignores q.bk, a constant added to a whole row of
+    scores). Gradients larger than the floor are compared relatively; smaller
+    ones absolutely, to floor * tolerance (1e-9 for the default tolerance).
+    """
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if a.shape != b.shape:
+        raise ValueError(f"shapes differ: {a.shape} vs {b.shape}")
+    if a.size == 0:
+        return 0.0
+    return float(np.max(np.abs(a - b)) / max(floor, float(np.max(np.abs(a) + np.abs(b)))))
+
+
+def numerical_vjp(f, x, dout, h=DEFAULT_H, indices=None):
+    """Centred-difference gradient of sum(f() * dout) with respect to array ``x``.
+
+    f: a function of no arguments that reads ``x`` (perturbed in place here)
+    x: float64 array;  dout: array shaped like f()'s output
+    indices: optional iterable of flat indices to check (default: every element);
+             unchecked entries are returned as NaN.
+    Returns an array shaped like x.
+    """
+    grad = np.full(x.shape, np.nan) if indices is not None else np.zeros(x.shape)
+    flat = x.reshape(-1)            # a view: writing into it perturbs x
+    gflat = grad.reshape(-1)
+    for i in (range(flat.size) if indices is None else indices):
+        old = flat[i]
+        flat[i] = old + h
+        plus = np.asarray(f(), dtype=np.float64)
+        flat[i] = old - h
+        minus = np.asarray(f(), dtype=np.float64)
+        flat[i] = old
+        # subtract the outputs BEFORE weighting and summing: the large common
+        # part cancels exactly, so less round-off survives than in S(+) - S(-)
+        gflat[i] = np.sum((plus - minus) * dout) / (2 * h)
+    return grad
+
+
+@dataclass
+class CheckResult:
+    component: str
+    tensor: str
+    max_rel_error: float
+    passed: bool
+
+    def as_dict(self):
+        return asdict(self)
+
+
+def check_gradients(forward, backward, arrays, *, component="", seed=0, h=DEFAULT_H,
+                    tol=DEFAULT_TOL, names=None, max_checks=None):
+    """Check every gradient a backward returns against finite differences.
+
+    forward(arrays) -> (out, cache): reads the float64 arrays of the dict ``arrays``
+    backward(dout, cache) -> dict name -> gradient, for the arrays to check
+    names: which arrays to check (default: every key ``backward`` returns)
+    max_checks: check at most this many random elements per array (default: all)
+
+    Returns a list of CheckResult, one per checked array. A random ``dout``
+    (standard normal, seeded) is used as the upstream gradient.
+    """
+    for k, v in arrays.items():
+        if not (isinstance(v, np.ndarray) and v.dtype == np.float64):
+            raise TypeError(f"gradient checks need float64 arrays; {k!r} is "
+                            f"{getattr(v, 'dtype', type(v))}")
+    rng = np.random.default_rng(seed)
+    out, cache = forward(arrays)
+    dout = rng.standard_normal(np.shape(out))
+    analytic = backward(dout.copy(), cache)
+    results = []
+    for name in (names or list(analytic)):
+        x = arrays[name]
+        idx = None
+        if max_checks is not None and x.size > max_checks:
+            idx = rng.choice(x.size, max_checks, replace=False)
+        num = numerical_vjp(lambda: forward(arrays)[0], x, dout, h, idx)
+        ana = np.asarray(analytic[name], dtype=np.float64)
+        if ana.shape != x.shape:
+            raise ValueError(f"{component} {name}: gradient shape {ana.shape} != array shape {x.shape}")
+        if idx is not None:
+            num, ana = num.reshape(-1)[idx], ana.reshape(-1)[idx]
+        err = rel_error(num, ana)
+        results.append(CheckResult(component, name, err, bool(err < tol)))
+    return results
+
+
+# ----------------------------------------------------------------------------
+# The suite: every part of minibert4rec, checked on small random inputs
+# ----------------------------------------------------------------------------
+# Every axis has its own size (B=2, T=5, D=12, H=3, F=20, V=11, M=4) so a
+# transposition bug cannot hide, and the masks contain padding.
+
+B, T, D, H, F, V, N = 2, 5, 12, 3, 20, 11, 7
+
+
+def _suite_inputs(seed=0):
+    rng = np.random.default_rng(seed)
+    r = lambda *s: rng.standard_normal(s)  # noqa: E731
+    ids = np.array([[3, 1, 4, 1, 5], [9, 2, 6, 0, 0]])          # (B, T), row 1 padded
+    return rng, r, ids
+
+
+def _with_dropout(p, seed=123):
+    return np.random.default_rng(seed) if p > 0 else None
+
+
+def suite(seed=0, tol=DEFAULT_TOL, model_tol=MODEL_TOL):
+    """Gradient-check all 14 parts (and the whole model); returns a list of CheckResult."""
+    from . import attention as A
+    from . import encoder as Enc
+    from . import layers as Ly
+    from . import model as Mo
+
+    rng, r, ids = _suite_inputs(seed)
+    key_mask = ids != 0
+    res = []
+
+    def add(component, fwd, bwd, arrays, **kw):
+        res.extend(check_gradients(fwd, bwd, arrays, component=component, seed=seed, tol=tol, **kw))
+
+    # 1. item embedding (repeated id 1, padding id 0)
+    add("1 item embedding",
+        lambda a: Ly.embedding_forward(ids, a["table"], padding_id=0),
+        lambda d, c: {"table": Ly.embedding_backward(d, c)[0]}, {"table": r(V, D)})
+    # 2. learned positions
+    add("2 learned position",
+        lambda a: Ly.learned_position_forward(a["x"], a["P"]),
+        lambda d, c: dict(zip(("x", "P"), Ly.learned_position_backward(d, c))),
+        {"x": r(B, T, D), "P": r(N, D)})
+    # 3. sinusoidal positions (fixed table: only the input has a gradient)
+    table = Ly.sinusoidal_table(N, D)
+    add("3 sinusoidal position",
+        lambda a: Ly.sinusoidal_position_forward(a["x"], table),
+        lambda d, c: {"x": Ly.sinusoidal_position_backward(d, c)[0]}, {"x": r(B, T, D)})
+    # 4. linear
+    add("4 linear",
+        lambda a: Ly.linear_forward(a["x"], a["W"], a["b"]),
+        lambda d, c: dict(zip(("x", "W", "b"), Ly.linear_backward(d, c))),
+        {"x": r(B, T, D), "W": r(D, F), "b": r(F)})
+    # 5. LayerNorm (eps 1e-5 here: with 1e-12 a float64 check is equally fine, but
+    #    a larger eps also exercises that eps sits inside the square root)
+    add("5 layernorm",
+        lambda a: Ly.layernorm_forward(a["x"], a["g"], a["b"], eps=1e-5),
+        lambda d, c: dict(zip(("x", "g", "b"), Ly.layernorm_backward(d, c))),
+        {"x": r(B, T, D), "g": r(D), "b": r(D)})
+    # 6. GELU, both forms
+    for form in ("erf", "tanh"):
+        add(f"6 gelu ({form})",
+            lambda a, form=form: Ly.gelu_forward(a["x"], form),
+            lambda d, c: {"x": Ly.gelu_backward(d, c)[0]}, {"x": r(B, T, F)})
+    # 7. dropout (fixed seed inside the forward: the same units drop every call)
+    add("7 dropout",
+        lambda a: Ly.dropout_forward(a["x"], 0.3, np.random.default_rng(7), train=True),
+        lambda d, c: {"x": Ly.dropout_backward(d, c)[0]}, {"x": r(B, T, D)})
+    # 8. softmax and masked softmax (padded keys, causal, and one fully masked row)
+    add("8 softmax",
+        lambda a: Ly.softmax_forward(a["x"]),
+        lambda d, c: {"x": Ly.softmax_backward(d, c)[0]}, {"x": r(B, H, T, T)})
+    full_masked = key_mask.copy()
+    full_masked[1] = False                                     # sequence 1: every key masked
+    for label, km, causal in (("padding", key_mask, False), ("causal+padding", key_mask, True),
+                              ("all keys masked", full_masked, False)):
+        m = Ly.additive_mask(km, causal=causal, dtype=np.float64)
+        add(f"8 masked softmax ({label})",
+            lambda a, m=m: Ly.masked_softmax_forward(a["scores"], m),
+            lambda d, c: {"scores": Ly.masked_softmax_backward(d, c)[0]},
+            {"scores": r(B, H, T, T)})
+    # 9. scaled dot-product attention, padding + causal, with attention dropout
+    Dh = D // H
+    for label, causal, p in (("padding", False, 0.0), ("causal", True, 0.0),
+                             ("padding, dropout", False, 0.25)):
+        m = Ly.additive_mask(key_mask, causal=causal, dtype=np.float64)
+        add(f"9 attention ({label})",
+            lambda a, m=m, p=p: (lambda o: (o[0], o[2]))(
+                A.attention_forward(a["q"], a["k"], a["v"], m, p, _with_dropout(p))),
+            lambda d, c: dict(zip(("q", "k", "v"), A.attention_backward(d, c))),
+            {"q": r(B, H, T, Dh), "k": r(B, H, T, Dh), "v": r(B, H, T, Dh)})
+    # 10. multi-head attention
+    mha_p = {k: (r(D, D) * 0.3 if k.startswith("W") else r(D) * 0.1) for k in A.MHA_PARAMS}
+    m = Ly.additive_mask(key_mask, dtype=np.float64)
+
+    def mha_f(a):
+        out, _, c = A.mha_forward(a["x"], {k: a[k] for k in A.MHA_PARAMS}, H, m, 0.25, _with_dropout(1))
+        return out, c
+
+    def mha_b(d, c):
+        dx, g = A.mha_backward(d, c)
+        return {"x": dx, **g}
+    add("10 multi-head attention", mha_f, mha_b, {"x": r(B, T, D), **mha_p})
+    # 11. feed-forward
+    ffn_p = {"W1": r(D, F) * 0.3, "b1": r(F) * 0.1, "W2": r(F, D) * 0.3, "b2": r(D) * 0.1}
+
+    def ffn_b(d, c):
+        dx, g = Enc.ffn_backward(d, c)
+        return {"x": dx, **g}
+    add("11 feed-forward", lambda a: Enc.ffn_forward(a["x"], {k: a[k] for k in ffn_p}), ffn_b,
+        {"x": r(B, T, D), **ffn_p})
+    # 12. the post-LN sublayer, then the full encoder block
+    add("12 residual + layernorm",
+        lambda a: Enc.residual_layernorm_forward(a["x"], a["y"], a["g"], a["b"], 0.25,
+                                                 _with_dropout(1), eps=1e-5),
+        lambda d, c: dict(zip(("x", "y", "g", "b"), Enc.residual_layernorm_backward(d, c))),
+        {"x": r(B, T, D), "y": r(B, T, D), "g": r(D), "b": r(D)})
+    blk_p = {**mha_p, **ffn_p, "ln1_g": 1 + 0.1 * r(D), "ln1_b": 0.1 * r(D),
+             "ln2_g": 1 + 0.1 * r(D), "ln2_b": 0.1 * r(D)}
+
+    def blk_f(a):
+        out, _, c = Enc.block_forward(a["x"], {k: a[k] for k in Enc.BLOCK_PARAMS}, H, m,
+                                      0.25, 0.25, _with_dropout(1))
+        return out, c
+
+    def blk_b(d, c):
+        dx, g = Enc.block_backward(d, c)
+        return {"x": dx, **g}
+    add("12 encoder block", blk_f, blk_b, {"x": r(B, T, D), **blk_p})
+    # 13. the output head: gather, Dense + GELU + LayerNorm, tied logits
+    sel = np.array([1, 3, 5, 7])                                       # M = 4 positions of B*T
+    head_p = {"head_W": r(D, D) * 0.3, "head_b": r(D) * 0.1, "head_ln_g": 1 + 0.1 * r(D),
+              "head_ln_b": 0.1 * r(D)}
+
+    def head_f(a):
+        hg, c1 = Mo.gather_rows(a["h"], sel)
+        n, c2 = Mo.head_transform_forward(hg, a)
+        logits, c3 = Mo.tied_logits_forward(n, a["E"], a["out_bias"])
+        return logits, (c1, c2, c3)
+
+    def head_b(d, c):
+        c1, c2, c3 = c
+        dn, dE, dbias = Mo.tied_logits_backward(d, c3)
+        dhg, g = Mo.head_transform_backward(dn, c2)
+        (dh,) = Mo.gather_rows_backward(dhg, c1)
+        return {"h": dh, "E": dE, "out_bias": dbias, **g}
+    add("13 output head", head_f, head_b, {"h": r(B, T, D), "E": r(V, D), "out_bias": r(V), **head_p})
+    # 14. the loss, with one padding slot (weight 0)
+    targets = np.array([2, 7, 7, 0])
+    weights = np.array([1.0, 1.0, 1.0, 0.0])
+    add("14 cross-entropy loss",
+        lambda a: Mo.cross_entropy_forward(a["logits"], targets, weights),
+        lambda d, c: {"logits": Mo.cross_entropy_backward(float(d), c)[0]},
+        {"logits": r(len(targets), V)})
+    # the fused (chunked) head + loss used for training, against the same definition
+    add("14 fused logits + loss (training path)",
+        lambda a: (Mo.tied_output_loss(a["n"], a["E"], a["b"], targets, weights, chunk=3)[0], None),
+        lambda d, c: dict(zip(("n", "E", "b"), (float(d) * g for g in
+                              Mo.tied_output_loss(arr["n"], arr["E"], arr["b"], targets, weights,
+                                                  chunk=3)[1:]))),
+        arr := {"n": r(len(targets), D), "E": r(V, D), "b": r(V)})
+    res.extend(model_checks(seed=seed, tol=model_tol))
+    return res
+
+
+def model_checks(seed=0, tol=MODEL_TOL, configs=None):
+    """Whole-model checks: every parameter of a tiny BERT4Rec, tied embedding included."""
+    from .model import BERT4Rec, Config
+
+    configs = configs or [
+        ("model (bidirectional, learned pos)", dict(position="learned", attention="bidirectional")),
+        ("model (causal, sinusoidal, tanh)", dict(position="sinusoidal", attention="causal", gelu="tanh")),
+    ]
+    _, _, ids = _suite_inputs(seed)
+    V_m = 10
+    ids = ids % (V_m - 1)                       # items 1..8, pad 0, [MASK] = 9
+    ids[1, 3:] = 0
+    ids[0, 2] = ids[1, 1] = V_m - 1             # two [MASK]ed positions ...
+    sel = np.array([2, T + 1, 4])               # ... plus one ordinary position
+    targets = np.array([4, 2, 5])
+    res = []
+    for label, kw in configs:
+        cfg = Config(vocab_size=V_m, max_len=N, hidden=D, layers=2, heads=H, ffn=F,
+                     hidden_dropout=0.2, attention_dropout=0.2, **kw)
+        model = BERT4Rec(cfg, seed=seed, dtype=np.float64)
+        for k in model.params:                  # move off the init so LN/bias grads are generic
+            model.params[k] += 0.05 * np.random.default_rng(seed + len(k)).standard_normal(model.params[k].shape)
+
+        def fwd(a):
+            model.params = a
+            loss, grads = model.loss_and_grads(ids, sel, targets, rng=np.random.default_rng(5),
+                                               train=True, chunk=2)
+            return loss, grads
+
+        def bwd(d, grads):
+            return {k: float(d) * g for k, g in grads.items()}
+        res.extend(check_gradients(fwd, bwd, model.params, component=label, seed=seed, tol=tol,
+                                   max_checks=60))
+    return res

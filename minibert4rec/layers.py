@@ -1,0 +1,330 @@
+"""The building blocks of a transformer, each as a forward/backward pair.
+
+Every layer is two plain functions, in the style of Stanford's CS231n:
+
+    out, cache = thing_forward(x, params..., options...)
+    dx, dparams... = thing_backward(dout, cache)
+
+``forward`` computes the output and keeps in ``cache`` exactly what the
+backward pass needs. ``backward`` receives the upstream gradient ``dout``
+(dLoss/dout, same shape as ``out``) and returns the gradient with respect to
+every input and parameter, in the order they were passed to ``forward``.
+Nothing is hidden in objects; nothing grows between calls.
+
+Axis letters (used in every shape comment of the package)
+---------------------------------------------------------
+    B   batch size (sequences in a batch)
+    T   positions in a sequence (T <= N, the maximum length)
+    N   maximum sequence length (rows of the position table)
+    D   model width (hidden size)
+    H   attention heads;   Dh = D // H, the width of one head
+    F   feed-forward width (4 D in BERT)
+    V   vocabulary size: 0 = padding, items 1..n_items, then [MASK]
+    M   number of gathered (masked) positions in a batch
+    L   encoder layers
+
+All layers work in float32 (training) and float64 (gradient checks): the
+output dtype follows the input dtype.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from scipy.special import erf
+
+# ----------------------------------------------------------------------------
+# 4. Linear (dense) layer: out = x W + b
+# ----------------------------------------------------------------------------
+
+
+def linear_forward(x, W, b):
+    """Affine map applied to the last axis.
+
+    x: (..., Din)   W: (Din, Dout)   b: (Dout,)   ->   out: (..., Dout)
+    """
+    out = x @ W + b
+    return out, (x, W)
+
+
+def linear_backward(dout, cache):
+    """dout: (..., Dout) -> dx (..., Din), dW (Din, Dout), db (Dout,)."""
+    x, W = cache
+    # forward was: out = x W + b
+    dx = dout @ W.T
+    x2 = x.reshape(-1, x.shape[-1])                 # (rows, Din)
+    d2 = dout.reshape(-1, dout.shape[-1])           # (rows, Dout)
+    dW = x2.T @ d2                                  # sum over every row
+    db = d2.sum(axis=0)
+    return dx, dW, db
+
+
+# ----------------------------------------------------------------------------
+# 1. Item embedding lookup (with a padding id)
+# ----------------------------------------------------------------------------
+
+
+def embedding_forward(ids, table, padding_id=None):
+    """Look up one row of ``table`` per id.
+
+    ids: (...) int   table: (V, D)   ->   out: (..., D)
+
+    If ``padding_id`` is given, positions holding it produce a zero vector and
+    send no gradient to the table (PyTorch's ``padding_idx``). BERT4Rec's loss
+    never depends on padded positions, so this only keeps row 0 clean.
+    """
+    out = table[ids]
+    if padding_id is not None:
+        out[ids == padding_id] = 0.0
+    return out, (ids, table.shape, padding_id)
+
+
+def embedding_backward(dout, cache):
+    """dout: (..., D) -> dtable: (V, D).
+
+    An id used at several positions receives the SUM of their gradients
+    (np.add.at accumulates repeated indices; ``table[ids] += dout`` would not).
+    The item table is also the output layer's weight (tied); the caller adds
+    both gradients into one buffer.
+    """
+    ids, shape, padding_id = cache
+    dtable = np.zeros(shape, dtype=dout.dtype)
+    flat_ids = ids.reshape(-1)
+    flat_d = dout.reshape(-1, shape[1])
+    if padding_id is not None:
+        keep = flat_ids != padding_id
+        flat_ids, flat_d = flat_ids[keep], flat_d[keep]
+    np.add.at(dtable, flat_ids, flat_d)
+    return (dtable,)
+
+
+# ----------------------------------------------------------------------------
+# 2. Learned positional embedding: a trained (N, D) table added to the input
+# ----------------------------------------------------------------------------
+
+
+def learned_position_forward(x, P):
+    """x: (B, T, D)   P: (N, D), T <= N   ->   out: (B, T, D) = x + P[:T]."""
+    T = x.shape[1]
+    if T > P.shape[0]:
+        raise ValueError(f"sequence length {T} exceeds the position table's {P.shape[0]} rows")
+    return x + P[:T], (T, P.shape)
+
+
+def learned_position_backward(dout, cache):
+    """dout: (B, T, D) -> dx (B, T, D), dP (N, D); rows >= T get no gradient."""
+    T, shape = cache
+    dP = np.zeros(shape, dtype=dout.dtype)
+    dP[:T] = dout.sum(axis=0)   # every sequence in the batch uses the same rows
+    return dout, dP
+
+
+# ----------------------------------------------------------------------------
+# 3. Sinusoidal positional encoding (Vaswani et al. 2017): a FIXED table
+# ----------------------------------------------------------------------------
+
+
+def sinusoidal_table(N, D, dtype=np.float64):
+    """PE[pos, 2i] = sin(pos / 10000^(2i/D)),  PE[pos, 2i+1] = cos(pos / 10000^(2i/D)).
+
+    Returns (N, D). Works for odd D (the last column is a sine).
+    """
+    pos = np.arange(N, dtype=np.float64)[:, None]              # (N, 1)
+    two_i = np.arange(0, D, 2, dtype=np.float64)[None, :]      # (1, ceil(D/2))
+    angle = pos / np.power(10000.0, two_i / D)                 # (N, ceil(D/2))
+    pe = np.zeros((N, D), dtype=np.float64)
+    pe[:, 0::2] = np.sin(angle)
+    pe[:, 1::2] = np.cos(angle[:, : D // 2])
+    return pe.astype(dtype)
+
+
+def sinusoidal_position_forward(x, table):
+    """x: (B, T, D)   table: (N, D) fixed   ->   out: (B, T, D) = x + table[:T]."""
+    T = x.shape[1]
+    if T > table.shape[0]:
+        raise ValueError(f"sequence length {T} exceeds the position table's {table.shape[0]} rows")
+    return x + table[:T].astype(x.dtype, copy=False), None
+
+
+def sinusoidal_position_backward(dout, cache):
+    """dout: (B, T, D) -> dx (B, T, D). The table is not trained: the gradient passes through."""
+    return (dout,)
+
+
+# ----------------------------------------------------------------------------
+# 5. LayerNorm over the last axis (biased variance, eps inside the sqrt)
+# ----------------------------------------------------------------------------
+
+
+def layernorm_forward(x, gamma, beta, eps=1e-12):
+    """y = gamma * (x - mean) / sqrt(var + eps) + beta, statistics over the last axis.
+
+    x: (..., D)   gamma, beta: (D,)   ->   out: (..., D)
+
+    As BERT (and the authors' TensorFlow code): variance is the biased one
+    (divide by D, not D - 1) and eps = 1e-12 sits inside the square root.
+    """
+    mean = x.mean(axis=-1, keepdims=True)                      # (..., 1)
+    xc = x - mean                                              # (..., D)
+    var = np.mean(xc * xc, axis=-1, keepdims=True)             # (..., 1)
+    rstd = 1.0 / np.sqrt(var + eps)                            # (..., 1)
+    xhat = xc * rstd                                           # (..., D)
+    out = xhat * gamma + beta
+    return out, (xhat, rstd, gamma)
+
+
+def layernorm_backward(dout, cache):
+    """dout: (..., D) -> dx (..., D), dgamma (D,), dbeta (D,).
+
+    With g = dout * gamma (the gradient reaching xhat):
+        dx = rstd * (g - mean(g) - xhat * mean(g * xhat))
+    (the two means are the gradients through the mean and the variance).
+    """
+    xhat, rstd, gamma = cache
+    D = xhat.shape[-1]
+    dgamma = (dout * xhat).reshape(-1, D).sum(axis=0)
+    dbeta = dout.reshape(-1, D).sum(axis=0)
+    g = dout * gamma                                            # dL/dxhat
+    dx = rstd * (g - g.mean(axis=-1, keepdims=True)
+                 - xhat * np.mean(g * xhat, axis=-1, keepdims=True))
+    return dx, dgamma, dbeta
+
+
+# ----------------------------------------------------------------------------
+# 6. GELU: exact (erf, the authors') or the tanh approximation (GPT-2)
+# ----------------------------------------------------------------------------
+
+_SQRT_2 = math.sqrt(2.0)
+_SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
+_INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
+
+
+def gelu_forward(x, approximate="erf"):
+    """GELU(x) = x * Phi(x), Phi the standard normal CDF.   x: (...) -> out: (...)
+
+    approximate="erf":  Phi(x) = 0.5 (1 + erf(x / sqrt 2))            (exact; BERT4Rec)
+    approximate="tanh": Phi(x) ~ 0.5 (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))  (GPT-2)
+    """
+    if approximate == "erf":
+        phi = 0.5 * (1.0 + erf(x / _SQRT_2))
+        return x * phi, ("erf", x, phi)
+    if approximate == "tanh":
+        t = np.tanh(_SQRT_2_OVER_PI * (x + 0.044715 * x ** 3))
+        return 0.5 * x * (1.0 + t), ("tanh", x, t)
+    raise ValueError(f"unknown GELU form {approximate!r}: use 'erf' or 'tanh'")
+
+
+def gelu_backward(dout, cache):
+    """dout: (...) -> dx: (...).
+
+    erf:  d/dx [x Phi(x)] = Phi(x) + x phi(x),  phi(x) = exp(-x^2/2) / sqrt(2 pi)
+    tanh: d/dx = 0.5 (1 + t) + 0.5 x (1 - t^2) sqrt(2/pi) (1 + 3 * 0.044715 x^2)
+    """
+    kind, x, s = cache
+    if kind == "erf":
+        local = s + x * _INV_SQRT_2PI * np.exp(-0.5 * x * x)
+    else:
+        local = 0.5 * (1.0 + s) + 0.5 * x * (1.0 - s * s) * _SQRT_2_OVER_PI * (1.0 + 3 * 0.044715 * x * x)
+    return (dout * local,)
+
+
+# ----------------------------------------------------------------------------
+# 7. Dropout (inverted: scale by 1/(1-p) at training time, identity at eval)
+# ----------------------------------------------------------------------------
+
+
+def dropout_forward(x, p, rng=None, train=True):
+    """Zero each element with probability p and scale the survivors by 1/(1-p).
+
+    x: (...) -> out: (...). ``rng`` is a ``numpy.random.Generator`` (seeded by
+    the caller, so runs repeat exactly). In eval mode, or with p = 0, it is the
+    identity and consumes no random numbers.
+    """
+    if not 0.0 <= p < 1.0:
+        raise ValueError(f"dropout probability must be in [0, 1), got {p}")
+    if not train or p == 0.0:
+        return x, None
+    keep = rng.random(x.shape, dtype=np.float32) >= p              # (...) bool
+    scale = np.asarray(1.0 / (1.0 - p), dtype=x.dtype)
+    mask = keep * scale                                            # (...) 0 or 1/(1-p)
+    return x * mask, mask
+
+
+def dropout_backward(dout, cache):
+    """dout: (...) -> dx: (...); the same elements are dropped and scaled."""
+    mask = cache
+    return (dout if mask is None else dout * mask,)
+
+
+# ----------------------------------------------------------------------------
+# 8. Softmax (numerically stable) and the masked softmax used by attention
+# ----------------------------------------------------------------------------
+
+MASK_VALUE = -10000.0   # the authors' additive mask for padded keys
+
+
+def softmax_forward(x):
+    """softmax over the last axis.   x: (..., K) -> y: (..., K), rows sum to 1.
+
+    Subtracting the row maximum first changes nothing mathematically and keeps
+    exp() from overflowing.
+    """
+    z = x - x.max(axis=-1, keepdims=True)
+    e = np.exp(z)
+    y = e / e.sum(axis=-1, keepdims=True)
+    return y, y
+
+
+def softmax_backward(dout, cache):
+    """dout: (..., K) -> dx: (..., K).
+
+    The Jacobian of y = softmax(x) is diag(y) - y y^T, so the vector-Jacobian
+    product is  dx = y * (dout - sum(dout * y)).
+    """
+    y = cache
+    return (y * (dout - np.sum(dout * y, axis=-1, keepdims=True)),)
+
+
+def additive_mask(key_mask, causal=False, dtype=np.float32):
+    """Build the additive attention mask from a padding mask (and causality).
+
+    key_mask: (B, Tk) bool, True = a real key, False = padding (may be None)
+    returns:  (B, 1, Tq, Tk) or (B, 1, 1, Tk) or (1, 1, T, T) additive mask, or None
+
+    A masked entry gets MASK_VALUE (-10000, as the authors), the rest 0. The
+    mask is ADDED to the scores, so exp() makes masked weights ~ e^-10000 = 0.
+    With causal=True query t may only see keys <= t (left-to-right, SASRec-style).
+    """
+    if key_mask is None and not causal:
+        return None
+    allowed = None                                              # True = may attend
+    if key_mask is not None:
+        allowed = key_mask[:, None, None, :]                    # (B, 1, 1, Tk)
+    if causal:
+        if key_mask is None:
+            raise ValueError("causal masking needs the sequence length: pass key_mask")
+        T = key_mask.shape[1]
+        tril = np.tril(np.ones((T, T), dtype=bool))             # (T, T): key <= query
+        allowed = allowed & tril[None, None]                    # (B, 1, T, T)
+    return np.where(allowed, 0.0, MASK_VALUE).astype(dtype)
+
+
+def masked_softmax_forward(scores, mask):
+    """softmax(scores + mask) over the last (key) axis.
+
+    scores: (B, H, Tq, Tk)   mask: additive, broadcastable to scores, or None
+    ->  weights: (B, H, Tq, Tk)
+
+    A row whose keys are ALL masked does not produce NaN: every entry is
+    shifted by the same -10000, which the max-subtraction removes, so the row
+    becomes the ordinary softmax of its raw scores (it attends over the padded
+    keys). Such rows only occur for padded queries, whose outputs never reach
+    the loss. (With -inf instead of -10000 they would be 0/0 = NaN.)
+    """
+    z = scores if mask is None else scores + mask
+    return softmax_forward(z)
+
+
+def masked_softmax_backward(dout, cache):
+    """dout: (B, H, Tq, Tk) -> dscores: same shape (the mask is a constant)."""
+    return softmax_backward(dout, cache)

@@ -1,0 +1,69 @@
+"""The public gradient checker: it passes right backwards and CATCHES wrong ones."""
+import numpy as np
+import pytest
+
+from minibert4rec import attention as A
+from minibert4rec import layers as Ly
+from minibert4rec.gradcheck import check_gradients, numerical_vjp, rel_error, suite
+
+
+def test_rel_error():
+    assert rel_error(np.ones(3), np.ones(3)) == 0
+    assert rel_error(np.array([1.0, 2.0]), np.array([1.0, 2.2])) == pytest.approx(0.2 / 4.2)
+    assert rel_error(np.zeros(3), np.full(3, 1e-12)) < 1e-9        # zeros compared absolutely
+
+
+def test_numerical_vjp_of_a_known_function():
+    x = np.array([1.0, -2.0, 3.0])
+    dout = np.array([0.5, 1.0, -1.0])
+    g = numerical_vjp(lambda: x ** 3, x, dout)
+    assert np.allclose(g, 3 * x ** 2 * dout, rtol=1e-8)
+
+
+def test_checker_accepts_a_student_layer_and_rejects_a_wrong_one():
+    rng = np.random.default_rng(0)
+    arrays = {"x": rng.standard_normal((4, 3)), "W": rng.standard_normal((3, 5)), "b": rng.standard_normal(5)}
+    fwd = lambda a: (a["x"] @ a["W"] + a["b"], (a["x"], a["W"]))  # noqa: E731
+
+    def good(d, c):
+        x, W = c
+        return {"x": d @ W.T, "W": x.T @ d, "b": d.sum(0)}
+
+    def bad(d, c):                        # forgot to sum db over the batch: mean instead
+        x, W = c
+        return {"x": d @ W.T, "W": x.T @ d, "b": d.mean(0)}
+    assert all(r.passed for r in check_gradients(fwd, good, arrays))
+    res = {r.tensor: r for r in check_gradients(fwd, bad, arrays)}
+    assert res["x"].passed and res["W"].passed and not res["b"].passed
+
+
+def test_checker_requires_float64():
+    with pytest.raises(TypeError):
+        check_gradients(lambda a: (a["x"], None), lambda d, c: {"x": d},
+                        {"x": np.ones(3, dtype=np.float32)})
+
+
+BREAKS = [
+    # (module, function, a wrong backward that a student might write)
+    (Ly, "softmax_backward", lambda d, y: (y * d,)),                       # forgot the -sum term
+    (Ly, "layernorm_backward",
+     lambda d, c: (d * c[1] * c[2], (d * c[0]).reshape(-1, c[0].shape[-1]).sum(0),
+                   d.reshape(-1, c[0].shape[-1]).sum(0))),               # ignored mean/var paths
+    (Ly, "gelu_backward", lambda d, c: (d * (c[2] if c[0] == "erf" else 0.5 * (1 + c[2])),)),  # dropped x*phi(x)
+    (A, "attention_backward",
+     lambda d, c, orig=A.attention_backward: tuple(g * (1.0 if i else 1.01) for i, g in enumerate(orig(d, c)))),
+]
+
+
+@pytest.mark.parametrize("module,name,wrong", BREAKS, ids=[b[1] for b in BREAKS])
+def test_suite_fails_when_a_backward_is_broken(monkeypatch, module, name, wrong):
+    monkeypatch.setattr(module, name, wrong)
+    # the composite layers import the primitives by name: patch those references too
+    import minibert4rec.attention as att
+    import minibert4rec.encoder as enc
+    import minibert4rec.model as mo
+    for m in (att, enc, mo):
+        if hasattr(m, name):
+            monkeypatch.setattr(m, name, wrong)
+    failed = [r for r in suite() if not r.passed]
+    assert failed, f"breaking {name} went unnoticed"
