@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 from .errors import InputError
@@ -34,6 +35,94 @@ def cmd_gradcheck(args) -> int:
     return 1 if failed else 0
 
 
+def _print_metrics_table(rows: dict, protocol_names=("sampled", "full")):
+    """rows: label -> {"sampled": {...}, "full": {...}}; prints one table per protocol."""
+    from .evaluate import METRIC_KEYS
+    for proto in protocol_names:
+        present = [(label, m[proto]) for label, m in rows.items() if proto in m]
+        if not present:
+            continue
+        print(f"\n{proto} protocol" + (" (true item vs 100 popularity-sampled negatives)"
+                                        if proto == "sampled" else " (true item vs all items)"))
+        print(f"{'':22s}" + "".join(f"{k:>9s}" for k in METRIC_KEYS))
+        for label, m in present:
+            print(f"{label:22s}" + "".join(f"{m[k]:9.4f}" for k in METRIC_KEYS))
+
+
+def _train_config(args):
+    from .train import TrainConfig
+    keys = ("dataset", "data_dir", "epochs", "minutes", "seed", "lr", "batch_size", "hidden",
+            "layers", "heads", "max_len", "mask_ratio", "position", "attention", "gelu",
+            "warmup", "track_test", "min_interactions")
+    kw = {k: getattr(args, k) for k in keys if getattr(args, k, None) is not None}
+    if getattr(args, "dropout", None) is not None:
+        kw["hidden_dropout"] = args.dropout
+    if getattr(args, "attention_dropout", None) is not None:
+        kw["attention_dropout"] = args.attention_dropout
+    kw["progress"] = not args.no_progress
+    return TrainConfig(**kw)
+
+
+def cmd_train(args) -> int:
+    from .train import popularity_metrics, train, dataset_of
+    run_dir = args.resume or args.out
+    if args.resume and args.out and args.out != args.resume:
+        raise InputError("give either --out RUN_DIR or --resume RUN_DIR, not both")
+    if not run_dir:
+        run_dir = f"runs/{os.path.basename(str(args.dataset)).split('.')[0]}"
+    tcfg = _train_config(args)
+    metrics = train(tcfg, run_dir, resume=bool(args.resume))
+    ds = dataset_of(tcfg.resolved()) if not args.resume else None
+    rows = {"BERT4Rec (this run)": metrics}
+    if ds is not None:
+        rows["popularity baseline"] = popularity_metrics(ds, seed=tcfg.seed)
+    _print_metrics_table(rows)
+    print(f"\nrun directory: {run_dir} (metrics.json, config.json, weights.npz)")
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from .train import dataset_of, load_run, popularity_metrics, test_metrics
+    model, tcfg, _ = load_run(args.run)
+    if args.data_dir:
+        tcfg.data_dir = args.data_dir
+    ds = dataset_of(tcfg)
+    metrics = test_metrics(model, ds, protocol=args.protocol, seed=tcfg.seed,
+                           progress=not args.json)
+    if args.json:
+        print(json.dumps(metrics, indent=1))
+        return 0
+    pop = popularity_metrics(ds, protocol=args.protocol, seed=tcfg.seed)
+    _print_metrics_table({"BERT4Rec": metrics, "popularity baseline": pop})
+    return 0
+
+
+def cmd_recommend(args) -> int:
+    import numpy as np
+    from .train import load_run
+    model, tcfg, _ = load_run(args.run)
+    items_path = os.path.join(args.run, "items.txt")
+    with open(items_path) as f:
+        raw = [line.rstrip("\n") for line in f]
+    index = {r: i + 1 for i, r in enumerate(raw)}
+    unknown = [x for x in args.items if x not in index]
+    if unknown:
+        raise InputError(f"unknown item id(s) {', '.join(unknown[:5])}: the model of {args.run} "
+                         f"knows {len(raw)} items (see {items_path})")
+    if args.k < 1:
+        raise InputError(f"--k must be >= 1, got {args.k}")
+    history = np.array([index[x] for x in args.items], dtype=np.int64)
+    scores = model.score_next([history])[0].astype(np.float64)
+    scores[[0, model.cfg.mask_id]] = -np.inf                    # never padding or [MASK]
+    if not args.include_seen:
+        scores[history] = -np.inf
+    top = np.argsort(-scores, kind="stable")[:args.k]
+    print(f"top {args.k} next items after {' '.join(args.items)}:")
+    for rank, i in enumerate(top, 1):
+        print(f"{rank:3d}. {raw[i - 1]:>12s}   score {scores[i]:.3f}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m minibert4rec",
                                  description="BERT4Rec from scratch in NumPy.")
@@ -47,15 +136,68 @@ def build_parser() -> argparse.ArgumentParser:
                    help="print a JSON list of {component, tensor, max_rel_error, passed}")
     p.add_argument("--seed", type=int, default=0, help="seed of the random inputs (default 0)")
     p.set_defaults(func=cmd_gradcheck)
+
+    p = sub.add_parser("train", help="train BERT4Rec on a dataset",
+                       description="Train BERT4Rec with the cloze task; writes RUN_DIR with the "
+                                   "checkpoint, config.json and metrics.json (test split).")
+    p.add_argument("--dataset", default="synthetic",
+                   help="synthetic | beauty | ml-1m | ml-100k | PATH to a data file (default synthetic)")
+    p.add_argument("--data-dir", help="where datasets live (default: $MINIBERT4REC_DATA, "
+                                      "else a per-user cache directory)")
+    p.add_argument("--epochs", type=int, help="total number of epochs (default 20); with "
+                                              "--resume, training continues up to it")
+    p.add_argument("--minutes", type=float, help="stop at this time budget (resumable)")
+    p.add_argument("--seed", type=int, help="random seed (default 0)")
+    p.add_argument("--lr", type=float, help="peak learning rate (default 1e-3)")
+    p.add_argument("--batch-size", type=int, help="sequences per batch (default 256)")
+    p.add_argument("--hidden", type=int, help="model width D (default 64)")
+    p.add_argument("--layers", type=int, help="encoder layers L (default 2)")
+    p.add_argument("--heads", type=int, help="attention heads H (default 2)")
+    p.add_argument("--max-len", type=int, help="maximum sequence length N (default: dataset preset)")
+    p.add_argument("--mask-ratio", type=float, help="cloze mask ratio (default: dataset preset)")
+    p.add_argument("--dropout", type=float, help="hidden dropout (default: dataset preset)")
+    p.add_argument("--attention-dropout", type=float, help="dropout on attention weights")
+    p.add_argument("--position", choices=("learned", "sinusoidal", "none"),
+                   help="position encoding (default learned)")
+    p.add_argument("--attention", choices=("bidirectional", "causal"),
+                   help="bidirectional (BERT4Rec) or causal (SASRec-style) attention")
+    p.add_argument("--gelu", choices=("erf", "tanh"), help="GELU form (default erf)")
+    p.add_argument("--warmup", type=int, help="warm-up steps (default 100)")
+    p.add_argument("--min-interactions", type=int, help="drop users with fewer items (default 3)")
+    p.add_argument("--track-test", action="store_true", default=None,
+                   help="also evaluate the test split after every epoch (for learning curves)")
+    p.add_argument("--out", metavar="RUN_DIR", help="run directory (default runs/DATASET)")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", help="test metrics of a trained run",
+                       description="Evaluate a run's best weights on the test split.")
+    p.add_argument("--run", required=True, metavar="RUN_DIR")
+    p.add_argument("--protocol", choices=("sampled", "full", "both"), default="both")
+    p.add_argument("--data-dir", help="where the run's dataset lives")
+    p.add_argument("--json", action="store_true", help="print the metrics as JSON")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("recommend", help="top-k next items for a history",
+                       description="Recommend the next items after a history of item ids "
+                                   "(original ids, oldest first).")
+    p.add_argument("--run", required=True, metavar="RUN_DIR")
+    p.add_argument("--items", nargs="+", required=True, metavar="ID")
+    p.add_argument("--k", type=int, default=10)
+    p.add_argument("--include-seen", action="store_true",
+                   help="allow items already in the history")
+    p.set_defaults(func=cmd_recommend)
     return ap
 
 
 def main(argv=None) -> int:
+    from .train import TrainingStopped
     ap = build_parser()
     args = ap.parse_args(argv)
     try:
         return args.func(args)
-    except (InputError, FileNotFoundError) as e:
+    except (InputError, FileNotFoundError, TrainingStopped) as e:
         if args.debug:
             raise
         msg = str(e) if isinstance(e, InputError) or not e.filename else f"{e.filename}: file not found"

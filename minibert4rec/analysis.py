@@ -1,0 +1,406 @@
+"""The paper's Figure 2, measured: where does BERT4Rec's attention go?
+
+Sun et al. (2019), Figure 2, show attention weights averaged over the test
+sequences of Beauty, for the LAST 10 positions of each sequence (positions
+0..9, where 9 is the appended [MASK]), one heat-map per layer and head. The
+paper reads four things off those pictures:
+
+  (a) heads differ: in layer 1 one head looks mostly LEFT, another RIGHT;
+  (b) layers differ: layer 2 concentrates on more RECENT items;
+  (c) layer-1 heads also attend to the [MASK] token;
+  (d) items attend to BOTH sides, unlike a left-to-right (causal) model.
+
+This module turns each reading into a number, so a trained model's claim can
+be checked instead of eyeballed:
+
+    collect_attention(model, histories)      -> avg (L, H, k, k)
+    attention_stats(avg)                     -> dict of the numbers below
+    observations(stats, stats_causal)        -> the four claims, True/False + evidence
+    write_attention_report(avg, out_dir)     -> figure2.png + attention_stats.json
+
+Axis letters as in ``layers.py``: L layers, B sequences, H heads, T
+positions, and k the size of the analysed window (k = 10 in the paper).
+Inside the window, positions 0..k-2 are the last k-1 ITEMS of the history
+and position k-1 is the [MASK]. In a (k, k) map row q is a query, column j
+a key.
+
+The window's rows do NOT always sum to 1. A query's softmax runs over its
+whole sequence; when the sequence is longer than k, part of the weight goes
+to the positions BEFORE the window, which the (k, k) block does not show.
+That missing weight, 1 - (row sum), is kept as a number of its own
+(``before_window_mass``) instead of being renormalised away: it is attention
+to the LEFT, and hiding it would make every head look less left-looking than
+it is. Rows sum to exactly 1 only when every averaged sequence has exactly
+k positions (k-1 items and the [MASK]).
+
+Vocabulary of the statistics:
+    item rows      the queries 0..k-2 (the [MASK] query, row k-1, is left out)
+    item columns   the keys 0..k-2;  the [MASK] column is key k-1
+    left / right   keys strictly before / strictly after the query (j < q /
+                   j > q); "left" includes the positions before the window
+For every item row the four shares left (every key before the query, in the
+window or not), self (j = q), right (item keys q < j <= k-2) and [MASK]
+(j = k-1) add up to 1, so the numbers of (a), (c) and (d) never count a
+weight twice. (All of a right-padded sequence's keys after an item query are
+inside the window: the window is the sequence's END.)
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from .plotting import show_heatmaps
+
+RECENT = 3              # (b): "recent" = the last RECENT items before the [MASK]
+BOTH_SIDES_MIN = 0.05   # (d): a bidirectional model must put > 5 % of item attention on the right
+CAUSAL_MAX = 1e-3       # (d): a causal model must put < 0.1 % there (it is 0 up to rounding)
+
+
+# ----------------------------------------------------------------------------
+# 1. Cutting out and averaging the last-k block
+# ----------------------------------------------------------------------------
+
+
+def last_k_sum(attention, lengths, k=10):
+    """Sum of the last-k blocks over the sequences long enough to have one.
+
+    attention: (L, B, H, T, T) weights of right-padded inputs
+    lengths:   (B,) int, real length of each sequence (its last real position,
+               lengths[b] - 1, is the [MASK])
+    Returns (total (L, H, k, k) float64, count int): the sum over every
+    sequence with lengths[b] >= k of its (k, k) block of queries AND keys
+    lengths[b]-k .. lengths[b]-1, and how many sequences that was.
+    """
+    attention = np.asarray(attention)
+    lengths = np.asarray(lengths, dtype=np.int64)
+    L, B, H, T, T2 = attention.shape
+    if lengths.shape != (B,):
+        raise ValueError(f"lengths must have shape ({B},), got {lengths.shape}")
+    if lengths.max(initial=0) > T:
+        raise ValueError(f"a length {lengths.max()} exceeds the {T} positions of the attention")
+    keep = np.flatnonzero(lengths >= k)                                   # (S,)
+    pos = lengths[keep, None] - k + np.arange(k)                          # (S, k) absolute positions
+    by_seq = attention.transpose(1, 3, 4, 0, 2)                           # (B, T, T, L, H)
+    blocks = by_seq[keep[:, None, None], pos[:, :, None], pos[:, None, :]]  # (S, k, k, L, H)
+    total = blocks.sum(axis=0, dtype=np.float64).transpose(2, 3, 0, 1)    # (L, H, k, k)
+    return total, len(keep)
+
+
+def last_k_attention(attention, lengths, k=10):
+    """Average attention over the last k real positions: the paper's Figure 2 data.
+
+    attention: (L, B, H, T, T), rows = queries, columns = keys, inputs
+               RIGHT-padded; lengths: (B,) real length of each sequence
+               (position lengths[b] - 1 holds the [MASK]).
+    For each sequence with lengths[b] >= k take the (k, k) block whose
+    queries and keys are its last k real positions, then average those
+    blocks over the sequences (shorter sequences are left out).
+    Returns avg (L, H, k, k) float64; index k-1 is the [MASK]. Its rows sum
+    to 1 minus the average weight on positions before the window (exactly 1
+    when every averaged sequence has length k).
+    Raises ValueError when no sequence has length >= k.
+    """
+    total, count = last_k_sum(attention, lengths, k)
+    if count == 0:
+        raise ValueError(f"no sequence has at least k={k} positions (longest: "
+                         f"{int(np.max(lengths, initial=0))}); lower k")
+    return total / count
+
+
+def collect_attention(model, histories, batch_size=256, k=10):
+    """Figure 2's average for a model: attention over the last k positions of next-item inputs.
+
+    model: a BERT4Rec;  histories: list of 1-D int arrays (e.g. the test
+    users' histories, train + valid items). Each becomes the model's
+    next-item input (``model.next_item_input``: last N-1 items + [MASK]), is
+    encoded in eval mode, batch by batch, and the last-k blocks of all
+    sequences with >= k positions (>= k-1 items) are summed; the sum is
+    divided by their count at the end, so the result does not depend on
+    ``batch_size``.
+    Returns avg (L, H, k, k) float64; index k-1 = [MASK]. Rows sum to 1 less
+    the weight that went before the window (exactly 1 if every history used
+    has exactly k-1 items).
+    """
+    L, H = model.cfg.layers, model.cfg.heads
+    total, count = np.zeros((L, H, k, k)), 0
+    for start in range(0, len(histories), batch_size):
+        ids, last = model.next_item_input(histories[start:start + batch_size])  # (B, T), (B,)
+        B, T = ids.shape
+        lengths = last - np.arange(B) * T + 1                              # [MASK] index + 1
+        model.encode(ids, train=False)                                     # fills model.attention
+        s, n = last_k_sum(model.attention, lengths, k)
+        total += s
+        count += n
+    model.attention = None                                                 # drop the last batch's maps
+    if count == 0:
+        raise ValueError(f"no history has at least k-1={k - 1} items (and the model's "
+                         f"max_len={model.cfg.max_len} must be >= k={k})")
+    return total / count
+
+
+# ----------------------------------------------------------------------------
+# 2. The numbers behind the four observations
+# ----------------------------------------------------------------------------
+
+
+ROW_TOL = 1e-3          # rows may exceed 1 by this much (float32 rounding), no more
+
+
+def _check_rows(avg):
+    """avg (L, H, k, k) -> float64 copy, after checking it can be attention weights.
+
+    Entries must be >= 0 and every row sum <= 1 + ROW_TOL (less than 1 when
+    part of the weight went before the window).
+    """
+    A = np.asarray(avg, dtype=np.float64)
+    if A.ndim != 4 or A.shape[2] != A.shape[3]:
+        raise ValueError(f"expected average attention (L, H, k, k), got shape {A.shape}")
+    if A.shape[2] < 2:
+        raise ValueError("k must be at least 2 (one item and the [MASK])")
+    if A.min() < 0 or A.sum(axis=-1).max() > 1 + ROW_TOL:
+        raise ValueError("attention weights must be >= 0 with every row summing to at most 1, "
+                         f"got a row sum of {A.sum(axis=-1).max():.4f}")
+    return A
+
+
+def direction_shares(A):
+    """Where the item rows' attention goes: before the window, left, self, right, [MASK].
+
+    A: (L, H, k, k) average attention, rows summing to <= 1. Returns five
+    (L, H) arrays, each the mean over the item queries q = 0..k-2 of
+        before  1 - sum_j A[q, j]  (clipped at 0): weight on positions
+                before the window, all of them left of q
+        left    before + sum_{j < q} A[q, j]       every key left of q
+        self    A[q, q]
+        right   sum_{q < j <= k-2} A[q, j]         item keys only: the [MASK] is NOT right
+        mask    A[q, k-1]
+    For every row left + self + right + mask = 1, so their means add up to 1 too.
+    """
+    k = A.shape[-1]
+    q = np.arange(k - 1)[:, None]                                          # item queries (k-1, 1)
+    j = np.arange(k)[None, :]                                              # all keys     (1, k)
+    items = A[..., : k - 1, :]                                             # (L, H, k-1, k)
+    before = np.clip(1.0 - items.sum(axis=-1), 0.0, None).mean(axis=-1)   # (L, H)
+    regions = (j < q, j == q, (j > q) & (j < k - 1), j == k - 1)           # each (k-1, k) bool
+    window_left, self_, right, mask = ((items * where).sum(axis=-1).mean(axis=-1)
+                                       for where in regions)
+    return before, before + window_left, self_, right, mask
+
+
+def head_difference(A):
+    """(L, H, k, k) -> (L,): mean |A[l, h] - A[l, h']| over all k*k entries and all pairs h < h'.
+
+    0 when all heads of a layer draw the same map (and when H == 1).
+    """
+    L, H = A.shape[:2]
+    if H < 2:
+        return np.zeros(L)
+    h1, h2 = np.triu_indices(H, k=1)                                       # all pairs h < h'
+    return np.abs(A[:, h1] - A[:, h2]).mean(axis=(1, 2, 3))
+
+
+def recent_shares(A):
+    """How much attention goes to the RECENT items, per layer (mean over heads).
+
+    A: (L, H, k, k) average attention. "Recent" keys are the last r = min(RECENT,
+    k-1) items, positions k-1-r .. k-2 (k-4 .. k-2 for RECENT = 3).
+    Returns two (L,) arrays:
+        recent       mean over heads and item queries q = 0..k-2 of
+                     sum_{j recent} A[q, j]  (a recent query's weight on
+                     itself counts too)
+        mask_recent  mean over heads of sum_{j recent} A[k-1, j], the
+                     [MASK] query's weight on them (the row that feeds the output)
+    """
+    k = A.shape[-1]
+    r = min(RECENT, k - 1)
+    on_recent = A[..., k - 1 - r: k - 1].sum(axis=-1)                     # (L, H, k)
+    return on_recent[..., : k - 1].mean(axis=(1, 2)), on_recent[..., k - 1].mean(axis=1)
+
+
+def attention_stats(avg):
+    """Every number behind Figure 2's four observations, JSON-ready.
+
+    avg: (L, H, k, k) average attention (rows = queries, columns = keys;
+    index k-1 = [MASK]), entries >= 0, rows summing to at most 1 (the rest
+    went to positions before the window; see the module docstring). Rows
+    are NOT renormalised: a row sum above 1 + ROW_TOL raises ValueError.
+    "Item rows" are the queries 0..k-2. Lists are indexed [layer][head] or
+    [layer], 0-based: list index 0 is the paper's "layer 1".
+
+    Per layer and head (L lists of H numbers), means over the k-1 item rows:
+      left_mass           weight on every key strictly left of the query:
+                          item keys j < q in the window plus the positions
+                          before the window                            (a)
+      before_window_mass  the part of left_mass that falls before the
+                          window, 1 - (row sum)                        (a)
+      self_mass           weight on the query itself (j = q)
+      right_mass          weight on item keys strictly right, q < j <= k-2;
+                          the [MASK] column is NOT counted here   (a), (d)
+      mask_column_mass    weight on the [MASK] key, j = k-1            (c)
+      (left + self + right + mask_column = 1 for every layer and head)
+    Per layer (L numbers):
+      head_difference         mean |A_h - A_h'| over the k*k entries and
+                              all head pairs h < h' (0 if the heads agree,
+                              and for H = 1)                           (a)
+      recent_mass             mean over heads and item rows of the weight
+                              on the last 3 items, keys k-4..k-2 (an item
+                              among them counts its weight on itself)  (b)
+      mask_query_recent_mass  mean over heads of the [MASK] row's
+                              weight on the same last 3 items          (b)
+      right_of_diagonal_mass  right_mass averaged over heads; 0 for a
+                              causal (left-to-right) model             (d)
+      left_of_diagonal_mass   left_mass averaged over heads
+    Plus k, layers, heads, recent_items (3) and uniform_share = 1/k, the
+    weight each key gets from a query that spreads evenly over a window
+    holding its whole sequence.
+    """
+    A = _check_rows(avg)
+    L, H, k, _ = A.shape
+    before, left, self_, right, mask = direction_shares(A)                 # each (L, H)
+    recent, mask_recent = recent_shares(A)                                 # each (L,)
+    return {
+        "k": int(k), "layers": int(L), "heads": int(H),
+        "recent_items": int(min(RECENT, k - 1)), "uniform_share": 1.0 / k,
+        "left_mass": left.tolist(),
+        "before_window_mass": before.tolist(),
+        "self_mass": self_.tolist(),
+        "right_mass": right.tolist(),
+        "mask_column_mass": mask.tolist(),
+        "head_difference": head_difference(A).tolist(),
+        "recent_mass": recent.tolist(),
+        "mask_query_recent_mass": mask_recent.tolist(),
+        "right_of_diagonal_mass": right.mean(axis=1).tolist(),
+        "left_of_diagonal_mass": left.mean(axis=1).tolist(),
+    }
+
+
+# ----------------------------------------------------------------------------
+# 3. The four claims, decided
+# ----------------------------------------------------------------------------
+
+
+def _claim_a(s):
+    """(a) layer 1 has a head with left > right AND a head with right > left."""
+    left, right = s["left_mass"][0], s["right_mass"][0]
+    lefty = [h for h in range(len(left)) if left[h] > right[h]]
+    righty = [h for h in range(len(left)) if right[h] > left[h]]
+    return {"holds": bool(lefty and righty),
+            "rule": "layer 1 has a head with left_mass > right_mass and another with "
+                    "right_mass > left_mass",
+            "layer1_left_mass": left, "layer1_right_mass": right,
+            "left_heads": [h + 1 for h in lefty], "right_heads": [h + 1 for h in righty],
+            "layer1_head_difference": s["head_difference"][0]}
+
+
+def _claim_b(s):
+    """(b) layer 2's item rows put more weight on the last 3 items than layer 1's."""
+    out = {"rule": "recent_mass[layer 2] > recent_mass[layer 1] (item query rows, last 3 "
+                   "items); the [MASK] row's numbers are reported too",
+           "recent_mass": s["recent_mass"], "mask_query_recent_mass": s["mask_query_recent_mass"]}
+    if s["layers"] < 2:
+        return {"holds": None, **out, "note": "the model has one layer"}
+    return {"holds": bool(s["recent_mass"][1] > s["recent_mass"][0]), **out,
+            "mask_query_holds": bool(s["mask_query_recent_mass"][1]
+                                     > s["mask_query_recent_mass"][0])}
+
+
+def _claim_c(s):
+    """(c) layer-1 heads, on average, give the [MASK] column more than the uniform share 1/k."""
+    per_head = s["mask_column_mass"][0]
+    mean = float(np.mean(per_head))
+    return {"holds": bool(mean > s["uniform_share"]),
+            "rule": "mean over layer-1 heads of mask_column_mass > uniform_share = 1/k",
+            "layer1_mask_column_mass": per_head, "layer1_mean": mean,
+            "uniform_share": s["uniform_share"],
+            "heads_above_uniform": [h + 1 for h, v in enumerate(per_head)
+                                    if v > s["uniform_share"]]}
+
+
+def _claim_d(s, s_causal):
+    """(d) bidirectional items look right (> BOTH_SIDES_MIN); a causal model's do not (< CAUSAL_MAX)."""
+    bi = float(np.mean(s["right_of_diagonal_mass"]))
+    out = {"rule": f"mean over layers of right_of_diagonal_mass > {BOTH_SIDES_MIN} and, if a "
+                   f"causal model is given, its largest layer value < {CAUSAL_MAX}",
+           "right_of_diagonal_mass": s["right_of_diagonal_mass"], "mean": bi,
+           "causal_right_of_diagonal_mass": None}
+    holds = bi > BOTH_SIDES_MIN
+    if s_causal is not None:
+        causal = s_causal["right_of_diagonal_mass"]
+        out["causal_right_of_diagonal_mass"] = causal
+        holds = holds and max(causal) < CAUSAL_MAX
+    return {"holds": bool(holds), **out}
+
+
+def observations(stats_bidirectional, stats_causal=None):
+    """Decide the paper's four claims from ``attention_stats`` dicts.
+
+    Returns {name: {"holds": bool (None if undecidable), "rule": text, the
+    numbers used...}} for
+      a_heads_look_in_different_directions  layer 1: some head has
+          left_mass > right_mass and another right_mass > left_mass
+      b_layer2_more_recent_than_layer1      recent_mass[1] > recent_mass[0]
+          (None for a one-layer model; the [MASK]-row version is reported
+          as "mask_query_holds")
+      c_layer1_attends_to_mask              mean over layer-1 heads of
+          mask_column_mass > 1/k
+      d_attends_both_sides                  mean over layers of
+          right_of_diagonal_mass > 0.05, and, if ``stats_causal`` (the same
+          statistics of a causal model) is given, every causal layer's
+          right_of_diagonal_mass < 1e-3
+    """
+    s = stats_bidirectional
+    return {"a_heads_look_in_different_directions": _claim_a(s),
+            "b_layer2_more_recent_than_layer1": _claim_b(s),
+            "c_layer1_attends_to_mask": _claim_c(s),
+            "d_attends_both_sides": _claim_d(s, stats_causal)}
+
+
+# ----------------------------------------------------------------------------
+# 4. The report: figure + numbers
+# ----------------------------------------------------------------------------
+
+
+def window_labels(k):
+    """Tick labels of the last-k window: ["0", ..., str(k-2), "[MASK]"]."""
+    return [str(i) for i in range(k - 1)] + ["[MASK]"]
+
+
+def write_attention_report(avg, out_dir, stats_causal=None, name="figure2",
+                           stats_file="attention_stats.json", title=None):
+    """Write Figure 2 and its numbers.
+
+    avg: (L, H, k, k) average attention (e.g. from ``collect_attention``).
+    out_dir: folder (created if needed). Writes
+      <name>.png      show_heatmaps grid: rows "layer 1..L", columns
+                      "head 1..H", ticks 0..k-2 and "[MASK]"
+      <stats_file>    JSON {"stats": attention_stats(avg), "stats_causal":
+                      the given causal stats or null, "observations":
+                      observations(...), "average_attention": avg as nested lists}
+    Returns (png_path, json_path).
+    """
+    import matplotlib.pyplot as plt
+
+    avg = np.asarray(avg, dtype=np.float64)
+    L, H, k, _ = avg.shape
+    out_dir = Path(out_dir)
+    if title is None:
+        title = f"Average attention over the last {k} positions ({k - 1} = [MASK])"
+    png = out_dir / f"{name}.png"
+    fig = show_heatmaps(avg, row_titles=[f"layer {l + 1}" for l in range(L)],
+                        col_titles=[f"head {h + 1}" for h in range(H)],
+                        tick_labels=window_labels(k), vmin=0.0, title=title, path=png)
+    plt.close(fig)                                     # only the file was asked for
+    stats = attention_stats(avg)
+    report = {"stats": stats, "stats_causal": stats_causal,
+              "observations": observations(stats, stats_causal),
+              "average_attention": avg.tolist()}
+    path = out_dir / stats_file
+    path.write_text(json.dumps(report, indent=2) + "\n")
+    return png, path
+
+
+__all__ = ["last_k_sum", "last_k_attention", "collect_attention", "direction_shares",
+           "head_difference", "recent_shares", "attention_stats", "observations",
+           "window_labels", "write_attention_report", "RECENT", "BOTH_SIDES_MIN", "CAUSAL_MAX"]

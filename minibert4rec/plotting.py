@@ -1,0 +1,269 @@
+"""Every figure of the project, drawn by four small helpers.
+
+The main one is ``show_heatmaps``, the d2l.ai helper grown a little: it draws
+a GRID of matrices, one panel per (row, column) of the input array, e.g.
+
+    attention averaged over test users    (L, H, Tq, Tk)  ->  L x H panels
+    one layer's heads                     (H, Tq, Tk)     ->  1 x H panels
+    a single matrix                       (Tq, Tk)        ->  one panel
+
+Every panel uses the SAME colour scale (one colour bar for the whole grid;
+without it, two panels of the same colour could mean different weights).
+Axis labels and tick labels appear only on the outer edge: "key" under the
+bottom row, "query" left of the first column. In a panel, row i is query i
+and column j is key j, the layout of ``model.attention``.
+
+The grid size is read from the array's shape, never hard-coded: a 4-layer,
+8-head model gets a 4 x 8 grid with the same call.
+
+The other helpers: ``plot_training_curve`` (loss and validation metrics
+against wall-clock minutes), ``plot_lines`` (any family of curves sharing an
+x axis, e.g. GELU vs ReLU, throughput vs batch size) and
+``plot_positional_encodings`` (a positions x dimensions table).
+
+Every helper returns the matplotlib Figure and leaves it open (a notebook
+shows it, a script may add to it); with ``path`` it also saves a PNG at
+150 dpi, creating the parent folders. A script that only wants the file
+should call ``matplotlib.pyplot.close(fig)`` afterwards.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+DPI = 150
+
+
+def _pyplot():
+    """matplotlib.pyplot, imported on first use (importing the package stays cheap)."""
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def save_figure(fig, path):
+    """Write ``fig`` as a PNG at ``DPI`` dots per inch, creating parent folders. Returns the Path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=DPI)
+    return path
+
+
+# ----------------------------------------------------------------------------
+# Heat-maps
+# ----------------------------------------------------------------------------
+
+
+def as_grid(matrices):
+    """Bring 2-D (Tq, Tk), 3-D (cols, Tq, Tk) or 4-D (rows, cols, Tq, Tk) to 4-D.
+
+    A 2-D input becomes (1, 1, Tq, Tk), a 3-D one (1, cols, Tq, Tk).
+    """
+    m = np.asarray(matrices, dtype=float)
+    if m.ndim < 2 or m.ndim > 4:
+        raise ValueError(f"show_heatmaps needs 2-D, 3-D or 4-D input, got shape {m.shape}")
+    return m.reshape((1,) * (4 - m.ndim) + m.shape)
+
+
+def _split_tick_labels(tick_labels, Tq, Tk):
+    """tick_labels -> (query labels or None, key labels or None).
+
+    Accepts one list (used for both axes; needs Tq == Tk) or a pair
+    (query_labels, key_labels).
+    """
+    if tick_labels is None:
+        return None, None
+    is_pair = (len(tick_labels) == 2 and all(not isinstance(t, str) and hasattr(t, "__len__")
+                                             for t in tick_labels))
+    q_labels, k_labels = tick_labels if is_pair else (tick_labels, tick_labels)
+    if len(q_labels) != Tq or len(k_labels) != Tk:
+        raise ValueError(f"tick labels ({len(q_labels)} queries, {len(k_labels)} keys) "
+                         f"do not match the matrices ({Tq} queries, {Tk} keys)")
+    return [str(t) for t in q_labels], [str(t) for t in k_labels]
+
+
+def show_heatmaps(matrices, row_titles=None, col_titles=None, xlabel="key", ylabel="query",
+                  tick_labels=None, cmap="Reds", vmin=None, vmax=None, title=None, path=None,
+                  figsize=None):
+    """Draw a grid of heat-maps with one shared colour bar.
+
+    matrices: (rows, cols, Tq, Tk), or (cols, Tq, Tk), or (Tq, Tk)
+        panel (r, c) shows matrices[r, c]: row i = query i, column j = key j.
+    row_titles: ``rows`` strings (e.g. "layer 1"), written left of each row.
+    col_titles: ``cols`` strings (e.g. "head 1"), written above each column.
+    xlabel, ylabel: axis names, shown only on the outer edge of the grid.
+    tick_labels: None, one list of Tq == Tk labels (e.g. ["0", ..., "8",
+        "[MASK]"]) for both axes, or a pair (query_labels, key_labels).
+    vmin, vmax: the colour scale of EVERY panel; default the min and max over
+        all panels, so equal colours mean equal values across the grid.
+    title: a title above the whole grid.  path: save a PNG there if given.
+    figsize: (width, height) in inches; default grows with the grid.
+
+    Returns the Figure: rows * cols panel axes, then the colour bar's axes.
+    """
+    plt = _pyplot()
+    m = as_grid(matrices)                                     # (R, C, Tq, Tk)
+    R, C, Tq, Tk = m.shape
+    _check_titles(row_titles, R, "row_titles")
+    _check_titles(col_titles, C, "col_titles")
+    q_labels, k_labels = _split_tick_labels(tick_labels, Tq, Tk)
+    vmin = float(np.nanmin(m)) if vmin is None else vmin
+    vmax = float(np.nanmax(m)) if vmax is None else vmax
+    if figsize is None:
+        figsize = (1.0 + 2.2 * C, 0.6 * (title is not None) + 0.4 + 2.2 * R)
+    fig, axes = plt.subplots(R, C, figsize=figsize, sharex=True, sharey=True, squeeze=False,
+                             layout="constrained")
+    for r in range(R):
+        for c in range(C):
+            ax = axes[r, c]
+            image = ax.imshow(m[r, c], cmap=cmap, vmin=vmin, vmax=vmax)
+            _label_panel(ax, r, c, R, xlabel, ylabel, row_titles, col_titles)
+    _set_ticks(axes[0, 0], q_labels, k_labels)               # axes are shared: sets them all
+    for ax in axes.flat:
+        ax.label_outer()                                      # tick labels on the outer edge only
+    fig.colorbar(image, ax=axes.ravel().tolist(), shrink=0.8)
+    if title is not None:
+        fig.suptitle(title)
+    if path is not None:
+        save_figure(fig, path)
+    return fig
+
+
+def _check_titles(titles, n, name):
+    if titles is not None and len(titles) != n:
+        raise ValueError(f"{name} has {len(titles)} entries but the grid has {n}")
+
+
+def _label_panel(ax, r, c, R, xlabel, ylabel, row_titles, col_titles):
+    """Titles on the top row, axis names on the bottom row and the left column only."""
+    if r == 0 and col_titles is not None:
+        ax.set_title(col_titles[c])
+    if r == R - 1 and xlabel:
+        ax.set_xlabel(xlabel)
+    if c == 0:
+        parts = [row_titles[r]] if row_titles is not None else []
+        parts += [ylabel] if ylabel else []
+        if parts:
+            ax.set_ylabel("\n".join(parts))
+
+
+def _set_ticks(ax, q_labels, k_labels):
+    """Name every query (y) and key (x) position, if labels were given."""
+    if k_labels is not None:
+        ax.set_xticks(range(len(k_labels)))
+        ax.set_xticklabels(k_labels, rotation=90)
+    if q_labels is not None:
+        ax.set_yticks(range(len(q_labels)))
+        ax.set_yticklabels(q_labels)
+
+
+# ----------------------------------------------------------------------------
+# Curves
+# ----------------------------------------------------------------------------
+
+
+def plot_lines(x, series, xlabel, ylabel, title=None, path=None, logx=False, logy=False,
+               figsize=(5.0, 3.5)):
+    """One line per entry of ``series``, on one pair of axes.
+
+    x: (P,) the shared x values.
+    series: {label: y (P,)} or {label: (x_i (P_i,), y_i (P_i,))} for a curve
+        with its own x values.
+    logx, logy: logarithmic axes (e.g. throughput against batch size).
+    Returns the Figure (one axes).
+    """
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=figsize, layout="constrained")
+    for label, values in series.items():
+        xs, ys = values if isinstance(values, tuple) else (x, values)
+        ax.plot(np.asarray(xs), np.asarray(ys), label=str(label))
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    if logx:
+        ax.set_xscale("log")
+    if logy:
+        ax.set_yscale("log")
+    if title is not None:
+        ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    if path is not None:
+        save_figure(fig, path)
+    return fig
+
+
+def _history_x(history):
+    """The x axis of a training history: 'minutes' when every entry has it, else 'epoch'."""
+    key = "minutes" if all("minutes" in h for h in history) else "epoch"
+    return key, np.array([h.get(key, i + 1) for i, h in enumerate(history)], dtype=float)
+
+
+def plot_training_curve(history, path=None, metrics=("HR@10", "NDCG@10"), figsize=(9.0, 3.5)):
+    """Training loss (left) and validation metrics (right) against wall-clock minutes.
+
+    history: list of dicts, one per evaluation, e.g.
+        {"epoch": 3, "minutes": 1.5, "loss": 7.1,
+         "valid": {"HR@10": 0.21, "NDCG@10": 0.11}, "test": {...} (optional)}
+    The x axis is "minutes" when every entry has it, else "epoch". Entries
+    without "loss" or without "valid" are skipped in that panel; "test"
+    values, where present, are drawn as dashed lines with crosses.
+    Returns the Figure (two axes).
+    """
+    plt = _pyplot()
+    if not history:
+        raise ValueError("plot_training_curve needs a non-empty history")
+    xkey, x = _history_x(history)
+    fig, (ax_loss, ax_metric) = plt.subplots(1, 2, figsize=figsize, layout="constrained")
+    has_loss = [i for i, h in enumerate(history) if "loss" in h]
+    ax_loss.plot(x[has_loss], [history[i]["loss"] for i in has_loss], marker=".")
+    ax_loss.set_ylabel("training loss")
+    for split, style in (("valid", dict(marker="o")), ("test", dict(marker="x", ls="--"))):
+        for name in metrics:
+            rows = [i for i, h in enumerate(history) if name in h.get(split, {})]
+            if rows:
+                ax_metric.plot(x[rows], [history[i][split][name] for i in rows],
+                               label=f"{split} {name}", **style)
+    ax_metric.set_ylabel("metric")
+    if ax_metric.lines:
+        ax_metric.legend()
+    for ax in (ax_loss, ax_metric):
+        ax.set_xlabel(xkey)
+        ax.grid(alpha=0.3)
+    if path is not None:
+        save_figure(fig, path)
+    return fig
+
+
+# ----------------------------------------------------------------------------
+# Positional encodings
+# ----------------------------------------------------------------------------
+
+
+def plot_positional_encodings(table, path=None, title="Positional encodings",
+                              figsize=(6.0, 4.0)):
+    """A position table (N, D) as a heat-map: rows = positions, columns = dimensions.
+
+    The colour map is diverging and centred on 0 (blue negative, red positive,
+    white zero), with limits +-max|table|, so sinusoidal and learned tables
+    read the same way. Returns the Figure (the image's axes, then the colour bar's).
+    """
+    plt = _pyplot()
+    t = np.asarray(table, dtype=float)
+    if t.ndim != 2:
+        raise ValueError(f"a position table is (positions, dimensions), got shape {t.shape}")
+    limit = float(np.abs(t).max()) or 1.0
+    fig, ax = plt.subplots(figsize=figsize, layout="constrained")
+    image = ax.imshow(t, cmap="RdBu_r", vmin=-limit, vmax=limit, aspect="auto",
+                      interpolation="nearest")
+    ax.set_xlabel("dimension")
+    ax.set_ylabel("position")
+    if title:
+        ax.set_title(title)
+    fig.colorbar(image, ax=ax)
+    if path is not None:
+        save_figure(fig, path)
+    return fig
+
+
+__all__ = ["show_heatmaps", "plot_lines", "plot_training_curve", "plot_positional_encodings",
+           "save_figure", "as_grid"]

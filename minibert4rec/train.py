@@ -1,0 +1,447 @@
+"""Training BERT4Rec: the loop, validation, checkpoints, exact resume.
+
+One call does everything:  ``train(TrainConfig(dataset="beauty"), run_dir="runs/beauty")``.
+
+A run directory holds
+    config.json      format version, model and training settings, dataset
+    weights.npz      the best weights so far (by validation NDCG@10, sampled protocol)
+    last.npz         the weights at the last save (for resuming)
+    optimizer.npz    AdamWeightDecay's moments at the last save
+    state.json       epoch, step, batch within the epoch, random generator states,
+                     best validation score, the per-epoch history
+    items.txt        line i = the original id of item i (for `recommend`)
+    metrics.json     test metrics of the best weights: {"sampled": {...}, "full": {...}}
+Every file is written to a temporary name and renamed into place, so a crash
+or Ctrl-C while saving never destroys the previous checkpoint.
+
+Exact resume: the data generator (masks, shuffling) is saved as its state at
+the START of the epoch together with the number of batches already done, and
+the dropout generator as its current state; on resume the epoch's batches are
+drawn again from the same state and the finished ones skipped. Training E
+epochs in one go or E1 then resuming to E gives bit-identical weights.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from . import evaluate as ev
+from .cloze import ClozeSampler
+from .data import Dataset, leave_one_out, load_dataset
+from .errors import InputError
+from .model import BERT4Rec, Config
+from .optim import AdamWeightDecay
+
+FORMAT_VERSION = 1
+
+# The paper's / authors' settings per dataset (reference table), plus a small
+# preset for the synthetic demo data.
+PRESETS = {
+    "beauty": dict(max_len=50, mask_ratio=0.6, max_predictions=30, sliding_step=5,
+                   hidden_dropout=0.5, attention_dropout=0.2),
+    "ml-1m": dict(max_len=200, mask_ratio=0.2, max_predictions=40, sliding_step=100,
+                  hidden_dropout=0.2, attention_dropout=0.2),
+    "ml-100k": dict(max_len=200, mask_ratio=0.2, max_predictions=40, sliding_step=100,
+                    hidden_dropout=0.2, attention_dropout=0.2),
+    "synthetic": dict(max_len=20, mask_ratio=0.4, max_predictions=10, sliding_step=5,
+                      hidden_dropout=0.1, attention_dropout=0.1),
+}
+DEFAULT_PRESET = dict(max_len=50, mask_ratio=0.4, max_predictions=20, sliding_step=10,
+                      hidden_dropout=0.2, attention_dropout=0.2)
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a training run (the model's shape included)."""
+    dataset: str = "synthetic"
+    data_dir: str | None = None
+    min_interactions: int = 3
+    epochs: int = 20
+    minutes: float | None = None           # stop at this wall-time budget (resumable)
+    seed: int = 0
+    lr: float = 1e-3                       # authors: 1e-4 (under-trains on short budgets)
+    batch_size: int = 256
+    warmup: int = 100
+    weight_decay: float = 0.01
+    clip_norm: float = 5.0
+    hidden: int = 64
+    layers: int = 2
+    heads: int = 2
+    ffn: int = 0                           # 0 -> 4 * hidden
+    max_len: int | None = None             # None -> the dataset preset
+    mask_ratio: float | None = None
+    max_predictions: int | None = None
+    sliding_step: int | None = None
+    hidden_dropout: float | None = None
+    attention_dropout: float | None = None
+    position: str = "learned"
+    attention: str = "bidirectional"
+    gelu: str = "erf"
+    n_negatives: int = 100
+    eval_batch_size: int = 256
+    track_test: bool = False               # also evaluate the test split every epoch (curves)
+    progress: bool = True
+
+    def resolved(self) -> "TrainConfig":
+        """Fill the None fields from the dataset's preset and check every value."""
+        preset = PRESETS.get(self.dataset, DEFAULT_PRESET)
+        values = asdict(self)
+        for k, v in preset.items():
+            if values.get(k) is None:
+                values[k] = v
+        cfg = TrainConfig(**values)
+        cfg.validate()
+        return cfg
+
+    def validate(self):
+        def bad(msg):
+            raise InputError(f"invalid training setting: {msg}")
+        if self.epochs is None or self.epochs < 1:
+            bad(f"epochs must be >= 1, got {self.epochs}")
+        if self.minutes is not None and self.minutes <= 0:
+            bad(f"minutes must be > 0, got {self.minutes}")
+        if not self.lr > 0:
+            bad(f"lr must be > 0, got {self.lr}")
+        if self.batch_size < 1:
+            bad(f"batch size must be >= 1, got {self.batch_size}")
+        if not 0 < self.mask_ratio <= 1:
+            bad(f"mask ratio must be in (0, 1], got {self.mask_ratio}")
+        if self.max_predictions < 1:
+            bad(f"max predictions must be >= 1, got {self.max_predictions}")
+        if self.min_interactions < 3:
+            bad(f"min interactions must be >= 3 (train, validation and test items), "
+                f"got {self.min_interactions}")
+        self.model_config(3)                # raises on D % H, N < 2, dropout, ...
+
+    def model_config(self, vocab_size) -> Config:
+        return Config(vocab_size=vocab_size, max_len=self.max_len, hidden=self.hidden,
+                      layers=self.layers, heads=self.heads, ffn=self.ffn,
+                      hidden_dropout=self.hidden_dropout,
+                      attention_dropout=self.attention_dropout, position=self.position,
+                      attention=self.attention, gelu=self.gelu)
+
+
+class TrainingStopped(Exception):
+    """Training ended early on purpose (non-finite loss); the message says why."""
+
+
+# ----------------------------------------------------------------------------
+# Atomic file writing and checkpoints
+# ----------------------------------------------------------------------------
+
+
+def _atomic_write(path, write):
+    """Call write(tmp_path), then rename tmp_path to path (atomic on POSIX)."""
+    path = os.fspath(path)
+    tmp = f"{path}.tmp-{os.getpid()}"
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def save_json(path, obj):
+    def write(tmp):
+        with open(tmp, "w") as f:
+            json.dump(obj, f, indent=1)
+            f.flush()
+            os.fsync(f.fileno())
+    _atomic_write(path, write)
+
+
+def save_npz(path, arrays: dict):
+    def write(tmp):
+        with open(tmp, "wb") as f:
+            np.savez(f, **arrays)
+            f.flush()
+            os.fsync(f.fileno())
+    _atomic_write(path, write)
+
+
+def load_npz(path) -> dict:
+    """Load arrays saved by save_npz; never unpickles (a file needing pickle is refused)."""
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise FileNotFoundError(2, "checkpoint file not found", path)
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return {k: z[k] for k in z.files}
+    except ValueError as e:
+        if "pickle" in str(e).lower():
+            raise InputError(f"{path}: refusing to load: the file contains Python objects "
+                             f"(pickle), which could run code; checkpoints hold plain arrays only")
+        raise InputError(f"{path}: not a valid checkpoint file ({e})")
+    except Exception as e:  # zipfile.BadZipFile, EOFError, OSError, ...
+        raise InputError(f"{path}: truncated or corrupt checkpoint file ({type(e).__name__}: {e})")
+
+
+def load_json(path) -> dict:
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise FileNotFoundError(2, "file not found", path)
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except json.JSONDecodeError as e:
+        raise InputError(f"{path}:{e.lineno}: not valid JSON ({e.msg})")
+
+
+def _rng_state(rng) -> dict:
+    return rng.bit_generator.state
+
+
+def _rng_from_state(state) -> np.random.Generator:
+    rng = np.random.default_rng()
+    rng.bit_generator.state = state
+    return rng
+
+
+# ----------------------------------------------------------------------------
+# Loading a run back
+# ----------------------------------------------------------------------------
+
+
+def load_run(run_dir, which="best"):
+    """Return (model, TrainConfig, run config dict) of a run directory.
+
+    which: "best" (weights.npz) or "last" (last.npz).
+    """
+    cfg_path = os.path.join(run_dir, "config.json")
+    if not os.path.isdir(run_dir):
+        raise FileNotFoundError(2, "run directory not found", os.fspath(run_dir))
+    conf = load_json(cfg_path)
+    version = conf.get("format_version")
+    if version != FORMAT_VERSION:
+        raise InputError(f"{cfg_path}: checkpoint format version {version!r} is not supported "
+                         f"(this minibert4rec reads version {FORMAT_VERSION})")
+    try:
+        tcfg = TrainConfig(**conf["train"])
+        mcfg = Config(**conf["model"])
+    except (KeyError, TypeError) as e:
+        raise InputError(f"{cfg_path}: incompatible configuration ({e})")
+    weights = load_npz(os.path.join(run_dir, "weights.npz" if which == "best" else "last.npz"))
+    expected = BERT4Rec(mcfg, seed=0).params
+    for name, arr in expected.items():
+        if name not in weights:
+            raise InputError(f"{run_dir}: checkpoint lacks parameter {name!r}: it was written "
+                             f"for a different model configuration")
+        if weights[name].shape != arr.shape:
+            raise InputError(f"{run_dir}: parameter {name!r} has shape {weights[name].shape}, "
+                             f"the configuration needs {arr.shape}: incompatible checkpoint")
+    extra = set(weights) - set(expected)
+    if extra:
+        raise InputError(f"{run_dir}: checkpoint has unknown parameters {sorted(extra)[:3]}: "
+                         f"it was written for a different model configuration")
+    params = {k: weights[k].astype(np.float32) for k in expected}
+    return BERT4Rec(mcfg, params=params), tcfg, conf
+
+
+def dataset_of(tcfg: TrainConfig) -> Dataset:
+    return load_dataset(tcfg.dataset, tcfg.data_dir, tcfg.min_interactions)
+
+
+# ----------------------------------------------------------------------------
+# Evaluation of a model on a split
+# ----------------------------------------------------------------------------
+
+
+def evaluate_model(model, histories, targets, popularity, protocol="both", negatives=None,
+                   seed=0, batch_size=256, progress=False, desc="evaluate"):
+    """Metrics of ``model`` predicting ``targets`` after ``histories`` (see evaluate.py)."""
+    return ev.evaluate(model.score_next, histories, targets, protocol=protocol,
+                       negatives=negatives, popularity=popularity, seed=seed,
+                       batch_size=batch_size, progress=progress, desc=desc)
+
+
+def test_metrics(model, ds: Dataset, split=None, protocol="both", seed=0, batch_size=256,
+                 progress=False):
+    """The paper's protocol on the test split (last item of every user)."""
+    split = split or leave_one_out(ds)
+    return evaluate_model(model, split.test_input, split.test_target, ds.popularity(), protocol,
+                          seed=seed, batch_size=batch_size, progress=progress, desc="test")
+
+
+def popularity_metrics(ds: Dataset, split=None, protocol="both", seed=0):
+    split = split or leave_one_out(ds)
+    return ev.evaluate(ev.popularity_scorer(ds.popularity()), split.test_input, split.test_target,
+                       protocol=protocol, popularity=ds.popularity(), seed=seed)
+
+
+# ----------------------------------------------------------------------------
+# The training loop
+# ----------------------------------------------------------------------------
+
+
+class _Interrupt:
+    """Turns SIGINT into a flag, so a step is never cut in half; a second Ctrl-C aborts."""
+
+    def __init__(self):
+        self.requested = False
+
+    def __enter__(self):
+        self._old = signal.getsignal(signal.SIGINT)
+        try:
+            signal.signal(signal.SIGINT, self._handle)
+        except ValueError:          # not in the main thread: leave the handler alone
+            self._old = None
+        return self
+
+    def _handle(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __exit__(self, *exc):
+        if self._old is not None:
+            signal.signal(signal.SIGINT, self._old)
+
+
+def train(tcfg: TrainConfig, run_dir, resume=False, log=print):
+    """Train (or resume) a run; returns the test metrics dict written to metrics.json.
+
+    Stops after ``tcfg.epochs`` epochs in total, at the ``tcfg.minutes`` budget,
+    or on Ctrl-C; the last two save a resumable checkpoint first.
+    """
+    from tqdm.auto import tqdm
+
+    os.makedirs(run_dir, exist_ok=True)
+    state = None
+    if resume:
+        model, old_cfg, conf = load_run(run_dir, which="last")
+        # the run's own settings, except what may change on resume
+        tcfg = TrainConfig(**{**conf["train"], "epochs": tcfg.epochs, "minutes": tcfg.minutes,
+                              "progress": tcfg.progress, "data_dir": tcfg.data_dir or old_cfg.data_dir})
+        state = load_json(os.path.join(run_dir, "state.json"))
+    tcfg = tcfg.resolved()
+    ds = dataset_of(tcfg)
+    split = leave_one_out(ds)
+    mcfg = tcfg.model_config(ds.vocab_size)
+    if not resume:
+        model = BERT4Rec(mcfg, seed=tcfg.seed)
+    elif model.cfg.vocab_size != ds.vocab_size:
+        raise InputError(f"{run_dir}: the checkpoint has vocabulary {model.cfg.vocab_size}, the "
+                         f"dataset {tcfg.dataset!r} now has {ds.vocab_size}: incompatible")
+    sampler = ClozeSampler(split.train, mcfg.max_len, tcfg.mask_ratio, tcfg.max_predictions,
+                           tcfg.sliding_step, ds.mask_id)
+    steps_per_epoch = sampler.n_batches(tcfg.batch_size)
+    opt = AdamWeightDecay(model.params, lr=tcfg.lr, weight_decay=tcfg.weight_decay,
+                          warmup=tcfg.warmup, total_steps=steps_per_epoch * tcfg.epochs,
+                          clip_norm=tcfg.clip_norm)
+    popularity = ds.popularity()
+    valid_neg = ev.sample_negatives(split.valid_input, split.valid_target, popularity,
+                                    tcfg.n_negatives, seed=tcfg.seed)
+
+    conf = {"format_version": FORMAT_VERSION, "model": mcfg.to_dict(), "train": asdict(tcfg),
+            "dataset": {"name": ds.name, "n_users": ds.n_users, "n_items": ds.n_items}}
+    save_json(os.path.join(run_dir, "config.json"), conf)
+    items_path = os.path.join(run_dir, "items.txt")
+    if not os.path.exists(items_path):
+        _atomic_write(items_path, lambda tmp: open(tmp, "w").write(
+            "\n".join(map(str, ds.raw_item_ids)) + "\n"))
+
+    if state is None:
+        state = {"epoch": 0, "batch": 0, "step": 0, "elapsed": 0.0, "best": -1.0,
+                 "best_epoch": None, "history": [],
+                 "data_rng": _rng_state(np.random.default_rng([tcfg.seed, 1])),
+                 "dropout_rng": _rng_state(np.random.default_rng([tcfg.seed, 2]))}
+    else:
+        opt.load_state_arrays(load_npz(os.path.join(run_dir, "optimizer.npz")), state["step"])
+    dropout_rng = _rng_from_state(state["dropout_rng"])
+
+    def save(tag="last"):
+        state["dropout_rng"] = _rng_state(dropout_rng)
+        save_npz(os.path.join(run_dir, "last.npz"), model.params)
+        save_npz(os.path.join(run_dir, "optimizer.npz"), opt.state_arrays())
+        save_json(os.path.join(run_dir, "state.json"), state)
+
+    def validate():
+        return evaluate_model(model, split.valid_input, split.valid_target, popularity,
+                              "sampled", negatives=valid_neg, seed=tcfg.seed,
+                              batch_size=tcfg.eval_batch_size)["sampled"]
+
+    log(f"{ds.name}: {ds.n_users} users, {ds.n_items} items; {len(sampler.lengths)} windows, "
+        f"{sampler.n_instances} instances and {steps_per_epoch} steps per epoch; "
+        f"model D={mcfg.hidden} L={mcfg.layers} H={mcfg.heads} N={mcfg.max_len}")
+    started = time.perf_counter() - state["elapsed"]
+    stop_reason = None
+    with _Interrupt() as interrupt:
+        while state["epoch"] < tcfg.epochs and stop_reason is None:
+            epoch_rng = _rng_from_state(state["data_rng"])        # the epoch-start state
+            batches = sampler.epoch(tcfg.batch_size, epoch_rng)
+            bar = tqdm(total=steps_per_epoch, initial=state["batch"], disable=not tcfg.progress,
+                       desc=f"epoch {state['epoch'] + 1}/{tcfg.epochs}", unit="batch",
+                       dynamic_ncols=True, leave=False)
+            seen, t_epoch, losses = 0, time.perf_counter(), []
+            for i, batch in enumerate(batches):
+                if i < state["batch"]:
+                    continue                                       # done before the resume
+                loss, grads = model.loss_and_grads(batch.ids, batch.sel, batch.targets,
+                                                   rng=dropout_rng, train=True)
+                if not np.isfinite(loss):
+                    raise TrainingStopped(f"loss became {loss} at step {state['step']} "
+                                          f"(epoch {state['epoch'] + 1}); the last good "
+                                          f"checkpoint in {run_dir} is kept. Try a lower --lr.")
+                norm = opt.step(model.params, grads)
+                if not np.isfinite(norm):
+                    raise TrainingStopped(f"non-finite gradient norm at step {state['step']}; "
+                                          f"the last good checkpoint in {run_dir} is kept")
+                state["step"] += 1
+                state["batch"] = i + 1
+                losses.append(loss)
+                seen += len(batch.lengths)
+                rate = seen / max(1e-9, time.perf_counter() - t_epoch)
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss:.3f}", seq_s=f"{rate:.0f}", refresh=False)
+                state["elapsed"] = time.perf_counter() - started
+                if interrupt.requested:
+                    stop_reason = "interrupted (Ctrl-C)"
+                    break
+                if tcfg.minutes is not None and state["elapsed"] >= tcfg.minutes * 60:
+                    stop_reason = f"time budget of {tcfg.minutes} minutes reached"
+                    break
+            bar.close()
+            if stop_reason is not None and state["batch"] < steps_per_epoch:
+                save()                                             # mid-epoch, resumable
+                log(f"{stop_reason}: saved a resumable checkpoint at epoch {state['epoch'] + 1}, "
+                    f"batch {state['batch']}/{steps_per_epoch} in {run_dir}")
+                break
+            # the epoch is complete
+            state["epoch"] += 1
+            state["batch"] = 0
+            state["data_rng"] = _rng_state(epoch_rng)              # next epoch's start state
+            valid = validate()
+            record = {"epoch": state["epoch"], "step": state["step"],
+                      "minutes": round(state["elapsed"] / 60, 3),
+                      "loss": float(np.mean(losses)) if losses else None, "valid": valid}
+            if tcfg.track_test:
+                record["test"] = test_metrics(model, ds, split, "sampled", tcfg.seed,
+                                              tcfg.eval_batch_size)["sampled"]
+            state["history"].append(record)
+            improved = valid["NDCG@10"] > state["best"]
+            if improved:
+                state["best"], state["best_epoch"] = valid["NDCG@10"], state["epoch"]
+                save_npz(os.path.join(run_dir, "weights.npz"), model.params)
+            save()
+            log(f"epoch {state['epoch']:3d}  loss {record['loss']:.4f}  valid HR@10 "
+                f"{valid['HR@10']:.4f} NDCG@10 {valid['NDCG@10']:.4f}"
+                + (f"  test HR@10 {record['test']['HR@10']:.4f} NDCG@10 {record['test']['NDCG@10']:.4f}"
+                   if "test" in record else "")
+                + f"  [{record['minutes']:.1f} min]" + ("  *best*" if improved else ""))
+    if not os.path.exists(os.path.join(run_dir, "weights.npz")):
+        save_npz(os.path.join(run_dir, "weights.npz"), model.params)   # stopped before epoch 1
+    best, _, _ = load_run(run_dir, "best")
+    metrics = test_metrics(best, ds, split, "both", tcfg.seed, tcfg.eval_batch_size)
+    save_json(os.path.join(run_dir, "metrics.json"), metrics)
+    return metrics
+
+
+__all__ = ["TrainConfig", "PRESETS", "train", "load_run", "test_metrics", "popularity_metrics",
+           "evaluate_model", "load_npz", "save_npz", "save_json", "load_json", "TrainingStopped",
+           "dataset_of"]
