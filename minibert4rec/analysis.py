@@ -14,7 +14,7 @@ This module turns each reading into a number, so a trained model's claim can
 be checked instead of eyeballed:
 
     collect_attention(model, histories)      -> avg (L, H, k, k)
-    attention_stats(avg)                     -> dict of the numbers below
+    attention_stats(avg)                     -> dict of numbers (defined in its docstring)
     observations(stats, stats_causal)        -> the four claims, True/False + evidence
     write_attention_report(avg, out_dir)     -> figure2.png + attention_stats.json
 
@@ -56,6 +56,8 @@ from .plotting import show_heatmaps
 RECENT = 3              # (b): "recent" = the last RECENT items before the [MASK]
 BOTH_SIDES_MIN = 0.05   # (d): a bidirectional model must put > 5 % of item attention on the right
 CAUSAL_MAX = 1e-3       # (d): a causal model must put < 0.1 % there (it is 0 up to rounding)
+MARGIN = 0.01           # (a)-(c): "more than" means more by over 1 % of a row's weight, so that
+                        # an untrained model's near-uniform maps do not confirm a claim by noise
 
 
 # ----------------------------------------------------------------------------
@@ -81,7 +83,7 @@ def last_k_sum(attention, lengths, k=10):
     if lengths.max(initial=0) > T:
         raise ValueError(f"a length {lengths.max()} exceeds the {T} positions of the attention")
     keep = np.flatnonzero(lengths >= k)                                   # (S,)
-    pos = lengths[keep, None] - k + np.arange(k)                          # (S, k) absolute positions
+    pos = lengths[keep, None] - k + np.arange(k)                          # (S, k) positions
     by_seq = attention.transpose(1, 3, 4, 0, 2)                           # (B, T, T, L, H)
     blocks = by_seq[keep[:, None, None], pos[:, :, None], pos[:, None, :]]  # (S, k, k, L, H)
     total = blocks.sum(axis=0, dtype=np.float64).transpose(2, 3, 0, 1)    # (L, H, k, k)
@@ -133,7 +135,6 @@ def collect_attention(model, histories, batch_size=256, k=10):
         s, n = last_k_sum(model.attention, lengths, k)
         total += s
         count += n
-    model.attention = None                                                 # drop the last batch's maps
     if count == 0:
         raise ValueError(f"no history has at least k-1={k - 1} items (and the model's "
                          f"max_len={model.cfg.max_len} must be >= k={k})")
@@ -282,44 +283,44 @@ def attention_stats(avg):
 
 
 def _claim_a(s):
-    """(a) layer 1 has a head with left > right AND a head with right > left."""
+    """(a) layer 1 has a head with left > right AND a head with right > left (by > MARGIN)."""
     left, right = s["left_mass"][0], s["right_mass"][0]
-    lefty = [h for h in range(len(left)) if left[h] > right[h]]
-    righty = [h for h in range(len(left)) if right[h] > left[h]]
+    lefty = [h for h in range(len(left)) if left[h] > right[h] + MARGIN]
+    righty = [h for h in range(len(left)) if right[h] > left[h] + MARGIN]
     return {"holds": bool(lefty and righty),
-            "rule": "layer 1 has a head with left_mass > right_mass and another with "
-                    "right_mass > left_mass",
+            "rule": f"layer 1 has a head with left_mass > right_mass + {MARGIN} and another "
+                    f"with right_mass > left_mass + {MARGIN}",
             "layer1_left_mass": left, "layer1_right_mass": right,
             "left_heads": [h + 1 for h in lefty], "right_heads": [h + 1 for h in righty],
             "layer1_head_difference": s["head_difference"][0]}
 
 
 def _claim_b(s):
-    """(b) layer 2's item rows put more weight on the last 3 items than layer 1's."""
-    out = {"rule": "recent_mass[layer 2] > recent_mass[layer 1] (item query rows, last 3 "
-                   "items); the [MASK] row's numbers are reported too",
+    """(b) layer 2's item rows put more weight on the last 3 items than layer 1's (by > MARGIN)."""
+    out = {"rule": f"recent_mass[layer 2] > recent_mass[layer 1] + {MARGIN} (item query rows, "
+                   "last 3 items); the same test on the [MASK] row is 'mask_query_holds'",
            "recent_mass": s["recent_mass"], "mask_query_recent_mass": s["mask_query_recent_mass"]}
     if s["layers"] < 2:
         return {"holds": None, **out, "note": "the model has one layer"}
-    return {"holds": bool(s["recent_mass"][1] > s["recent_mass"][0]), **out,
+    return {"holds": bool(s["recent_mass"][1] > s["recent_mass"][0] + MARGIN), **out,
             "mask_query_holds": bool(s["mask_query_recent_mass"][1]
-                                     > s["mask_query_recent_mass"][0])}
+                                     > s["mask_query_recent_mass"][0] + MARGIN)}
 
 
 def _claim_c(s):
-    """(c) layer-1 heads, on average, give the [MASK] column more than the uniform share 1/k."""
+    """(c) layer-1 heads, on average, give the [MASK] column more than 1/k (by > MARGIN)."""
     per_head = s["mask_column_mass"][0]
     mean = float(np.mean(per_head))
-    return {"holds": bool(mean > s["uniform_share"]),
-            "rule": "mean over layer-1 heads of mask_column_mass > uniform_share = 1/k",
+    return {"holds": bool(mean > s["uniform_share"] + MARGIN),
+            "rule": f"mean over layer-1 heads of mask_column_mass > uniform_share (1/k) + {MARGIN}",
             "layer1_mask_column_mass": per_head, "layer1_mean": mean,
             "uniform_share": s["uniform_share"],
             "heads_above_uniform": [h + 1 for h, v in enumerate(per_head)
-                                    if v > s["uniform_share"]]}
+                                    if v > s["uniform_share"] + MARGIN]}
 
 
 def _claim_d(s, s_causal):
-    """(d) bidirectional items look right (> BOTH_SIDES_MIN); a causal model's do not (< CAUSAL_MAX)."""
+    """(d) bidirectional items look right (> BOTH_SIDES_MIN), causal ones do not (< CAUSAL_MAX)."""
     bi = float(np.mean(s["right_of_diagonal_mass"]))
     out = {"rule": f"mean over layers of right_of_diagonal_mass > {BOTH_SIDES_MIN} and, if a "
                    f"causal model is given, its largest layer value < {CAUSAL_MAX}",
@@ -337,14 +338,16 @@ def observations(stats_bidirectional, stats_causal=None):
     """Decide the paper's four claims from ``attention_stats`` dicts.
 
     Returns {name: {"holds": bool (None if undecidable), "rule": text, the
-    numbers used...}} for
+    numbers used...}} for the claims below, where "x > y + m" uses the
+    margin m = MARGIN = 0.01 (a near-uniform, untrained model holds none of
+    a, b, c):
       a_heads_look_in_different_directions  layer 1: some head has
-          left_mass > right_mass and another right_mass > left_mass
-      b_layer2_more_recent_than_layer1      recent_mass[1] > recent_mass[0]
-          (None for a one-layer model; the [MASK]-row version is reported
-          as "mask_query_holds")
+          left_mass > right_mass + m and another right_mass > left_mass + m
+      b_layer2_more_recent_than_layer1      recent_mass[1] > recent_mass[0] + m
+          (None for a one-layer model; the same test on the [MASK] row,
+          mask_query_recent_mass, is reported as "mask_query_holds")
       c_layer1_attends_to_mask              mean over layer-1 heads of
-          mask_column_mass > 1/k
+          mask_column_mass > 1/k + m
       d_attends_both_sides                  mean over layers of
           right_of_diagonal_mass > 0.05, and, if ``stats_causal`` (the same
           statistics of a causal model) is given, every causal layer's
@@ -403,4 +406,5 @@ def write_attention_report(avg, out_dir, stats_causal=None, name="figure2",
 
 __all__ = ["last_k_sum", "last_k_attention", "collect_attention", "direction_shares",
            "head_difference", "recent_shares", "attention_stats", "observations",
-           "window_labels", "write_attention_report", "RECENT", "BOTH_SIDES_MIN", "CAUSAL_MAX"]
+           "window_labels", "write_attention_report", "RECENT", "BOTH_SIDES_MIN", "CAUSAL_MAX",
+           "MARGIN", "ROW_TOL"]

@@ -42,7 +42,7 @@ def _pyplot():
 
 
 def save_figure(fig, path):
-    """Write ``fig`` as a PNG at ``DPI`` dots per inch, creating parent folders. Returns the Path."""
+    """Write ``fig`` as a PNG at ``DPI`` dpi, creating parent folders. Returns the path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=DPI)
@@ -109,8 +109,9 @@ def show_heatmaps(matrices, row_titles=None, col_titles=None, xlabel="key", ylab
     q_labels, k_labels = _split_tick_labels(tick_labels, Tq, Tk)
     vmin = float(np.nanmin(m)) if vmin is None else vmin
     vmax = float(np.nanmax(m)) if vmax is None else vmax
-    if figsize is None:
-        figsize = (1.0 + 2.2 * C, 0.6 * (title is not None) + 0.4 + 2.2 * R)
+    if figsize is None:                                       # ~2.2 inch wide panels, true aspect
+        figsize = (2.0 + 2.2 * C, 0.5 * (title is not None) + 0.8 + (2.2 * Tq / Tk + 0.3) * R)
+    # shared axes: matplotlib shows tick labels on the bottom row and left column only
     fig, axes = plt.subplots(R, C, figsize=figsize, sharex=True, sharey=True, squeeze=False,
                              layout="constrained")
     for r in range(R):
@@ -119,8 +120,6 @@ def show_heatmaps(matrices, row_titles=None, col_titles=None, xlabel="key", ylab
             image = ax.imshow(m[r, c], cmap=cmap, vmin=vmin, vmax=vmax)
             _label_panel(ax, r, c, R, xlabel, ylabel, row_titles, col_titles)
     _set_ticks(axes[0, 0], q_labels, k_labels)               # axes are shared: sets them all
-    for ax in axes.flat:
-        ax.label_outer()                                      # tick labels on the outer edge only
     fig.colorbar(image, ax=axes.ravel().tolist(), shrink=0.8)
     if title is not None:
         fig.suptitle(title)
@@ -151,7 +150,10 @@ def _set_ticks(ax, q_labels, k_labels):
     """Name every query (y) and key (x) position, if labels were given."""
     if k_labels is not None:
         ax.set_xticks(range(len(k_labels)))
-        ax.set_xticklabels(k_labels, rotation=90)
+        ax.set_xticklabels(k_labels)
+        if max(map(len, k_labels)) > 2:                       # long names ("[MASK]") stand upright
+            for other in ax.get_shared_x_axes().get_siblings(ax):
+                other.tick_params(axis="x", labelrotation=90)
     if q_labels is not None:
         ax.set_yticks(range(len(q_labels)))
         ax.set_yticklabels(q_labels)

@@ -32,7 +32,7 @@ def left_head(k=K):
 
 
 def right_head(k=K):
-    """Item query q attends to q+1 among items; the last item (right neighbour = [MASK]) to itself."""
+    """Item query q attends to q+1 among items; the last item (next to the [MASK]) to itself."""
     A = np.zeros((k, k))
     A[np.arange(k - 2), np.arange(1, k - 1)] = 1.0
     A[k - 2, k - 2] = 1.0
@@ -195,6 +195,14 @@ def test_layer2_recency():
     assert An.observations(one_layer)["b_layer2_more_recent_than_layer1"]["holds"] is None
 
 
+def test_recent_mass_separates_item_rows_from_the_mask_row():
+    A = uniform_head()
+    A[K - 1] = recent_head()[K - 1]                    # only the [MASK] row looks at recent items
+    s = An.attention_stats(A[None, None])
+    assert s["recent_mass"] == [pytest.approx(3 / K)]
+    assert s["mask_query_recent_mass"] == [pytest.approx(1.0)]
+
+
 def test_mask_column_claim():
     s = An.attention_stats(np.stack([mask_head(), left_head()])[None])
     assert s["mask_column_mass"][0] == pytest.approx([1.0, 0.0])
@@ -202,6 +210,11 @@ def test_mask_column_claim():
     assert c["holds"] is True and c["heads_above_uniform"] == [1]
     no_mask = An.attention_stats(np.stack([left_head(), right_head()])[None])
     assert An.observations(no_mask)["c_layer1_attends_to_mask"]["holds"] is False
+    # some weight on the [MASK], but less than the uniform share 1/k, is not "attending to it"
+    A = 0.95 * left_head() + 0.05 * mask_head()
+    weak = An.attention_stats(np.stack([A, uniform_head()])[None])
+    c = An.observations(weak)["c_layer1_attends_to_mask"]
+    assert c["layer1_mean"] == pytest.approx((0.05 + 1 / K) / 2) and c["holds"] is False
 
 
 def test_causal_map_has_no_right_mass_and_claim_d():
@@ -218,6 +231,15 @@ def test_causal_map_has_no_right_mass_and_claim_d():
     # a causal model does not "attend to both sides", and a leaky "causal" one fails the check
     assert An.observations(causal)["d_attends_both_sides"]["holds"] is False
     assert An.observations(bi, bi)["d_attends_both_sides"]["holds"] is False
+
+
+def test_differences_within_the_margin_do_not_confirm_a_claim():
+    nudge = np.zeros((K, K))
+    nudge[:, K - 2], nudge[:, 0] = An.MARGIN / 2, -An.MARGIN / 2    # rows still sum to 1
+    layers = np.stack([np.stack([uniform_head()] * 2), np.stack([uniform_head() + nudge] * 2)])
+    s = An.attention_stats(layers)
+    assert s["recent_mass"][1] > s["recent_mass"][0]                  # more recent, but barely
+    assert An.observations(s)["b_layer2_more_recent_than_layer1"]["holds"] is False
 
 
 def test_stats_and_observations_are_json_serialisable():
@@ -284,18 +306,26 @@ def test_collect_attention_raises_when_every_history_is_too_short():
         An.collect_attention(tiny_model(), [np.arange(1, 5)] * 3, k=K)
 
 
+def test_an_untrained_model_confirms_none_of_a_b_c():
+    obs = An.observations(An.attention_stats(An.collect_attention(tiny_model(), histories())))
+    assert [obs[n]["holds"] for n in ("a_heads_look_in_different_directions",
+                                      "b_layer2_more_recent_than_layer1",
+                                      "c_layer1_attends_to_mask")] == [False, False, False]
+
+
 def test_write_attention_report(tmp_path):
     rng = np.random.default_rng(5)
     avg = random_maps(rng, 2, 3)
     causal = An.attention_stats(random_maps(rng, 2, 3, causal=True))
     png, js = An.write_attention_report(avg, tmp_path / "out", stats_causal=causal)
-    assert png == tmp_path / "out" / "figure2.png" and js == tmp_path / "out" / "attention_stats.json"
+    out = tmp_path / "out"
+    assert (png, js) == (out / "figure2.png", out / "attention_stats.json")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     report = json.loads(js.read_text())
     assert set(report["observations"]) == {"a_heads_look_in_different_directions",
                                            "b_layer2_more_recent_than_layer1",
                                            "c_layer1_attends_to_mask", "d_attends_both_sides"}
-    assert report["stats"] == pytest.approx(An.attention_stats(avg))
+    assert report["stats"] == An.attention_stats(avg)      # JSON floats round-trip exactly
     np.testing.assert_allclose(report["average_attention"], avg)
     assert report["observations"]["d_attends_both_sides"]["holds"] is True
 
