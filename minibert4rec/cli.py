@@ -53,7 +53,7 @@ def _train_config(args):
     from .train import TrainConfig
     keys = ("dataset", "data_dir", "epochs", "minutes", "seed", "lr", "batch_size", "hidden",
             "layers", "heads", "max_len", "mask_ratio", "position", "attention", "gelu",
-            "warmup", "track_test", "min_interactions")
+            "warmup", "track_test", "min_interactions", "decay_epochs")
     kw = {k: getattr(args, k) for k in keys if getattr(args, k, None) is not None}
     if getattr(args, "dropout", None) is not None:
         kw["hidden_dropout"] = args.dropout
@@ -72,6 +72,8 @@ def cmd_train(args) -> int:
         run_dir = f"runs/{os.path.basename(str(args.dataset)).split('.')[0]}"
     tcfg = _train_config(args)
     metrics = train(tcfg, run_dir, resume=bool(args.resume))
+    if metrics is None:                       # Ctrl-C: checkpoint saved, nothing to report
+        return 0
     ds = dataset_of(tcfg.resolved()) if not args.resume else None
     rows = {"BERT4Rec (this run)": metrics}
     if ds is not None:
@@ -123,6 +125,83 @@ def cmd_recommend(args) -> int:
     return 0
 
 
+def _attention_of_run(run_dir, k, data_dir=None):
+    """(L, H, k, k) average attention of a run's best model over its test users."""
+    from .analysis import collect_attention
+    from .data import leave_one_out
+    from .train import dataset_of, load_run
+    model, tcfg, _ = load_run(run_dir)
+    if data_dir:
+        tcfg.data_dir = data_dir
+    split = leave_one_out(dataset_of(tcfg))
+    return collect_attention(model, split.test_input, k=k), model.cfg
+
+
+def cmd_attention(args) -> int:
+    from .analysis import attention_stats, write_attention_report
+    out = args.out or os.path.join(args.run, "attention")
+    avg, cfg = _attention_of_run(args.run, args.last, args.data_dir)
+    causal_stats = None
+    if args.causal_run:
+        avg_c, cfg_c = _attention_of_run(args.causal_run, args.last, args.data_dir)
+        if cfg_c.attention != "causal":
+            raise InputError(f"--causal-run {args.causal_run} is not a causal model "
+                             f"(attention = {cfg_c.attention})")
+        causal_stats = attention_stats(avg_c)
+        write_attention_report(avg_c, out, name="figure2_causal",
+                               stats_file="attention_stats_causal.json",
+                               title=f"Causal (left-to-right) model: last {args.last} positions")
+    png, js = write_attention_report(avg, out, stats_causal=causal_stats)
+    _print_observations(json.loads(open(js).read())["observations"])
+    print(f"\nwrote {png} and {js}")
+    return 0
+
+
+def _print_observations(obs: dict):
+    for key, o in obs.items():
+        verdict = {True: "holds", False: "does not hold", None: "n/a"}[o.get("holds")]
+        print(f"{key:40s} {verdict:14s} {o.get('rule', '')}")
+
+
+DEMO = dict(dataset="synthetic", epochs=15, hidden=32, layers=2, heads=2, lr=3e-3, warmup=20,
+            batch_size=256)
+
+
+def cmd_demo(args) -> int:
+    from .analysis import collect_attention, write_attention_report
+    from .data import leave_one_out
+    from .plotting import plot_training_curve
+    from .train import TrainConfig, dataset_of, load_json, load_run, popularity_metrics, train
+    tcfg = TrainConfig(**DEMO, seed=args.seed, progress=not args.no_progress)
+    run_dir = args.run_dir
+    print("Training a small BERT4Rec on the embedded synthetic data (items follow hidden "
+          "chains; see minibert4rec.data.synthetic) ...")
+    metrics = train(tcfg, run_dir)
+    if metrics is None:
+        return 0
+    ds = dataset_of(tcfg.resolved())
+    _print_metrics_table({"BERT4Rec": metrics, "popularity baseline": popularity_metrics(ds, seed=args.seed)})
+    model, _, _ = load_run(run_dir)
+    avg = collect_attention(model, leave_one_out(ds).test_input, k=10)
+    png, js = write_attention_report(avg, args.out, name="attention",
+                                     title="Demo: average attention, last 10 positions (9 = [MASK])")
+    history = load_json(os.path.join(run_dir, "state.json"))["history"]
+    import matplotlib.pyplot as plt
+    plt.close(plot_training_curve(history, path=os.path.join(args.out, "training_curve.png")))
+    print(f"\nwrote {png}, {js} and {os.path.join(args.out, 'training_curve.png')}; "
+          f"checkpoint in {run_dir}")
+    return 0
+
+
+def cmd_download(args) -> int:
+    from .download import DATASETS, download
+    if args.name not in DATASETS:
+        raise InputError(f"unknown dataset {args.name!r}: choose one of {', '.join(DATASETS)}")
+    path = download(args.name, args.data_dir, url=args.url, progress=not args.no_progress)
+    print(f"{args.name}: {path} (checksum verified)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m minibert4rec",
                                  description="BERT4Rec from scratch in NumPy.")
@@ -147,6 +226,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, help="total number of epochs (default 20); with "
                                               "--resume, training continues up to it")
     p.add_argument("--minutes", type=float, help="stop at this time budget (resumable)")
+    p.add_argument("--decay-epochs", type=int,
+                   help="epoch at which the linearly decaying learning rate reaches 0 "
+                        "(default: --epochs); fix it to resume a run bit-identically to a longer one")
     p.add_argument("--seed", type=int, help="random seed (default 0)")
     p.add_argument("--lr", type=float, help="peak learning rate (default 1e-3)")
     p.add_argument("--batch-size", type=int, help="sequences per batch (default 256)")
@@ -188,6 +270,42 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--include-seen", action="store_true",
                    help="allow items already in the history")
     p.set_defaults(func=cmd_recommend)
+
+    p = sub.add_parser("attention", help="the paper's Figure 2 for a trained run",
+                       description="Average attention over the test users' last positions, "
+                                   "per layer and head (PNG), and the paper's four observations "
+                                   "measured (attention_stats.json).")
+    p.add_argument("--run", required=True, metavar="RUN_DIR")
+    p.add_argument("--out", metavar="DIR", help="output folder (default RUN_DIR/attention)")
+    p.add_argument("--last", type=int, default=10, help="window of last positions (default 10)")
+    p.add_argument("--causal-run", metavar="RUN_DIR",
+                   help="a causal model trained the same way, for observation (d)")
+    p.add_argument("--data-dir", help="where the run's dataset lives")
+    p.set_defaults(func=cmd_attention)
+
+    p = sub.add_parser("demo", help="train on the embedded synthetic data, no download",
+                       description="The main job on the embedded default: train a small "
+                                   "BERT4Rec on synthetic data with planted structure, print its "
+                                   "metrics beside the popularity baseline, write attention "
+                                   "heat-maps.")
+    p.add_argument("--out", default=os.path.join("figures", "demo"), metavar="DIR",
+                   help="where the PNGs go (default figures/demo)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--run-dir", default=os.path.join("runs", "demo"),
+                   help="checkpoint directory (default runs/demo)")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("download", help="download a dataset (checksummed)",
+                       description="Fetch a dataset from its public source, verify its sha256, "
+                                   "write it atomically and unpack it into the data directory "
+                                   "(--data-dir, else $MINIBERT4REC_DATA, else a per-user cache).")
+    p.add_argument("name", help="beauty | ml-1m | ml-100k")
+    p.add_argument("--data-dir")
+    p.add_argument("--url", help="another address for the same file (a mirror); the checksum "
+                                 "must still match")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_download)
     return ap
 
 
@@ -200,7 +318,10 @@ def main(argv=None) -> int:
     except (InputError, FileNotFoundError, TrainingStopped) as e:
         if args.debug:
             raise
-        msg = str(e) if isinstance(e, InputError) or not e.filename else f"{e.filename}: file not found"
+        if isinstance(e, FileNotFoundError) and e.filename:
+            msg = f"{e.filename}: {e.strerror or 'file not found'}"
+        else:
+            msg = str(e)
         print(f"error: {msg}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

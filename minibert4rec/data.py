@@ -502,6 +502,10 @@ def load_dataset(name_or_path: str, data_dir=None, min_interactions: int = 3) ->
         source = pathlib.Path(name).expanduser()
         ds = load_file(source)
         ds.name = str(name)
+    elif "/" in name or "\\" in name or pathlib.Path(name).suffix:
+        # it looks like a path (a folder or an extension), so say the file is missing
+        raise FileNotFoundError(2, f"data file not found (valid dataset names: "
+                                   f"{', '.join(NAMED_DATASETS)})", name)
     else:
         raise InputError(f"unknown dataset {name!r}: not an existing file and not one of "
                          f"{', '.join(NAMED_DATASETS)}")

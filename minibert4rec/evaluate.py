@@ -335,7 +335,8 @@ def _sample_chunk(users: np.ndarray, user_keys: np.ndarray, cdf: np.ndarray, n_n
 def evaluate(score_fn: ScoreFn, histories: list[np.ndarray], targets: np.ndarray, *,
              protocol: str = "both", negatives: np.ndarray | None = None,
              popularity: np.ndarray | None = None, n_negatives: int = 100, seed: int = 0,
-             batch_size: int = 256, progress: bool = False, desc: str = "evaluate") -> dict:
+             batch_size: int = 256, progress: bool = False, desc: str = "evaluate",
+             candidate_fn=None) -> dict:
     """Score every user's next item and report the metrics of one or both protocols.
 
     Args:
@@ -349,6 +350,10 @@ def evaluate(score_fn: ScoreFn, histories: list[np.ndarray], targets: np.ndarray
         seed:        seeds the negatives and the tie-breaking; same seed -> same dict.
         batch_size:  users scored at once; memory is O(batch_size * V).
         progress:    show a tqdm bar named desc.
+        candidate_fn: optional shortcut for the sampled protocol alone:
+                     candidate_fn(batch_histories, candidates (B, C)) -> (B, C) scores of just
+                     those items (column 0 = the target). Same ranks as score_fn, but a model
+                     scores 101 items instead of the whole vocabulary.
     Returns:
         {"sampled": {metric: float}, "full": {metric: float}}, only the requested protocols.
     """
@@ -378,6 +383,16 @@ def evaluate(score_fn: ScoreFn, histories: list[np.ndarray], targets: np.ndarray
         for start in range(0, U, batch_size):
             stop = min(start + batch_size, U)
             batch = list(histories[start:stop])
+            if candidate_fn is not None and protocols == ("sampled",):
+                cand = np.column_stack([targets[start:stop], negatives[start:stop]])  # (B, 1+N)
+                sc = np.asarray(candidate_fn(batch, cand))                            # (B, 1+N)
+                if sc.shape != cand.shape:
+                    raise InputError(f"candidate_fn returned shape {sc.shape}, expected {cand.shape}")
+                n_greater = (sc[:, 1:] > sc[:, :1]).sum(axis=1)
+                n_ties = (sc[:, 1:] == sc[:, :1]).sum(axis=1)
+                ranks["sampled"].append(_rank_with_ties(n_greater, n_ties, rngs["sampled"]))
+                bar.update(stop - start)
+                continue
             scores = np.asarray(score_fn(batch))                       # (B, V)
             if scores.ndim != 2 or scores.shape[0] != stop - start:
                 raise InputError(f"score_fn returned shape {scores.shape} for {stop - start} histories")

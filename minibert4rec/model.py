@@ -438,6 +438,19 @@ class BERT4Rec:
             last[b] = b * T + len(r) - 1
         return ids, last
 
+    def score_candidates(self, histories, candidates):
+        """Scores of only the given items as the next one: candidates (B, C) -> (B, C).
+
+        The same numbers as score_next(histories)[b, candidates[b]], without the
+        (B, V) logits: what the sampled protocol (1 + 100 items) needs.
+        """
+        ids, last = self.next_item_input(histories)
+        h, _ = self.encode(ids, train=False)
+        hg, _ = gather_rows(h, last)
+        n, _ = head_transform_forward(hg, self.params, self.cfg.gelu, self.cfg.ln_eps)  # (B, D)
+        E, b = self.params["item_emb"], self.params["out_bias"]
+        return np.einsum("bd,bcd->bc", n, E[candidates]) + b[candidates]
+
     def score_next(self, histories):
         """Scores of every vocabulary id as the next item after each history: (B, V)."""
         ids, last = self.next_item_input(histories)

@@ -63,6 +63,9 @@ class TrainConfig:
     min_interactions: int = 3
     epochs: int = 20
     minutes: float | None = None           # stop at this wall-time budget (resumable)
+    decay_epochs: int | None = None        # the learning rate reaches 0 here (None -> epochs)
+    synthetic_users: int = 2000            # size of the synthetic dataset
+    synthetic_items: int = 200
     seed: int = 0
     lr: float = 1e-3                       # authors: 1e-4 (under-trains on short budgets)
     batch_size: int = 256
@@ -94,6 +97,8 @@ class TrainConfig:
         for k, v in preset.items():
             if values.get(k) is None:
                 values[k] = v
+        if values["decay_epochs"] is None:
+            values["decay_epochs"] = values["epochs"]
         cfg = TrainConfig(**values)
         cfg.validate()
         return cfg
@@ -103,6 +108,8 @@ class TrainConfig:
             raise InputError(f"invalid training setting: {msg}")
         if self.epochs is None or self.epochs < 1:
             bad(f"epochs must be >= 1, got {self.epochs}")
+        if self.decay_epochs is not None and self.decay_epochs < 1:
+            bad(f"decay epochs must be >= 1, got {self.decay_epochs}")
         if self.minutes is not None and self.minutes <= 0:
             bad(f"minutes must be > 0, got {self.minutes}")
         if not self.lr > 0:
@@ -244,6 +251,10 @@ def load_run(run_dir, which="best"):
 
 
 def dataset_of(tcfg: TrainConfig) -> Dataset:
+    if tcfg.dataset == "synthetic" and (tcfg.synthetic_users, tcfg.synthetic_items) != (2000, 200):
+        from .data import filter_min_interactions, synthetic
+        return filter_min_interactions(synthetic(tcfg.synthetic_users, tcfg.synthetic_items),
+                                       tcfg.min_interactions)
     return load_dataset(tcfg.dataset, tcfg.data_dir, tcfg.min_interactions)
 
 
@@ -257,7 +268,8 @@ def evaluate_model(model, histories, targets, popularity, protocol="both", negat
     """Metrics of ``model`` predicting ``targets`` after ``histories`` (see evaluate.py)."""
     return ev.evaluate(model.score_next, histories, targets, protocol=protocol,
                        negatives=negatives, popularity=popularity, seed=seed,
-                       batch_size=batch_size, progress=progress, desc=desc)
+                       batch_size=batch_size, progress=progress, desc=desc,
+                       candidate_fn=model.score_candidates)
 
 
 def test_metrics(model, ds: Dataset, split=None, protocol="both", seed=0, batch_size=256,
@@ -307,7 +319,8 @@ def train(tcfg: TrainConfig, run_dir, resume=False, log=print):
     """Train (or resume) a run; returns the test metrics dict written to metrics.json.
 
     Stops after ``tcfg.epochs`` epochs in total, at the ``tcfg.minutes`` budget,
-    or on Ctrl-C; the last two save a resumable checkpoint first.
+    or on Ctrl-C; the last two save a resumable checkpoint first. After Ctrl-C
+    it returns None at once (no test evaluation); a second Ctrl-C aborts.
     """
     from tqdm.auto import tqdm
 
@@ -316,8 +329,14 @@ def train(tcfg: TrainConfig, run_dir, resume=False, log=print):
     if resume:
         model, old_cfg, conf = load_run(run_dir, which="last")
         # the run's own settings, except what may change on resume
+        # the run's own settings, except the length, the budget and where the data is;
+        # the decay horizon stays (so resuming is exact) unless training now goes past it
+        decay = max(old_cfg.decay_epochs or old_cfg.epochs, tcfg.epochs)
+        if decay != old_cfg.decay_epochs:
+            log(f"note: the learning-rate decay now ends at epoch {decay} (was {old_cfg.decay_epochs})")
         tcfg = TrainConfig(**{**conf["train"], "epochs": tcfg.epochs, "minutes": tcfg.minutes,
-                              "progress": tcfg.progress, "data_dir": tcfg.data_dir or old_cfg.data_dir})
+                              "decay_epochs": decay, "progress": tcfg.progress,
+                              "data_dir": tcfg.data_dir or old_cfg.data_dir})
         state = load_json(os.path.join(run_dir, "state.json"))
     tcfg = tcfg.resolved()
     ds = dataset_of(tcfg)
@@ -332,7 +351,7 @@ def train(tcfg: TrainConfig, run_dir, resume=False, log=print):
                            tcfg.sliding_step, ds.mask_id)
     steps_per_epoch = sampler.n_batches(tcfg.batch_size)
     opt = AdamWeightDecay(model.params, lr=tcfg.lr, weight_decay=tcfg.weight_decay,
-                          warmup=tcfg.warmup, total_steps=steps_per_epoch * tcfg.epochs,
+                          warmup=tcfg.warmup, total_steps=steps_per_epoch * tcfg.decay_epochs,
                           clip_norm=tcfg.clip_norm)
     popularity = ds.popularity()
     valid_neg = ev.sample_negatives(split.valid_input, split.valid_target, popularity,
@@ -436,6 +455,9 @@ def train(tcfg: TrainConfig, run_dir, resume=False, log=print):
                 + f"  [{record['minutes']:.1f} min]" + ("  *best*" if improved else ""))
     if not os.path.exists(os.path.join(run_dir, "weights.npz")):
         save_npz(os.path.join(run_dir, "weights.npz"), model.params)   # stopped before epoch 1
+    if stop_reason is not None and stop_reason.startswith("interrupted"):
+        log(f"resume with: python -m minibert4rec train --resume {run_dir} --epochs {tcfg.epochs}")
+        return None
     best, _, _ = load_run(run_dir, "best")
     metrics = test_metrics(best, ds, split, "both", tcfg.seed, tcfg.eval_batch_size)
     save_json(os.path.join(run_dir, "metrics.json"), metrics)
