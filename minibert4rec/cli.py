@@ -202,6 +202,22 @@ def cmd_download(args) -> int:
     return 0
 
 
+def cmd_figures(args) -> int:
+    from .figures import run_figures, scaling_figure, static_figures
+    paths = static_figures(args.out)
+    if args.run:
+        command = " ".join(["python -m minibert4rec figures"] + sys.argv[2:]) if argv_is_cli() else None
+        paths += run_figures(args.run, args.causal_run, args.out, args.data_dir, args.last, command)
+    if not args.no_bench:
+        paths += scaling_figure(args.out, steps=args.bench_steps)
+    print("wrote:\n  " + "\n  ".join(map(str, paths)))
+    return 0
+
+
+def argv_is_cli() -> bool:
+    return len(sys.argv) > 1 and sys.argv[1] == "figures"
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m minibert4rec",
                                  description="BERT4Rec from scratch in NumPy.")
@@ -306,6 +322,20 @@ def build_parser() -> argparse.ArgumentParser:
                                  "must still match")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_download)
+
+    p = sub.add_parser("figures", help="regenerate every figure in figures/",
+                       description="Regenerate the figures the README shows: static ones "
+                                   "(encodings, masks, GELU), the trained run's (Figure 2, "
+                                   "bidirectional vs causal, training curve) and the benchmark's "
+                                   "scaling plot.")
+    p.add_argument("--run", metavar="RUN_DIR", help="trained BERT4Rec run (e.g. runs/beauty)")
+    p.add_argument("--causal-run", metavar="RUN_DIR", help="causal model trained the same way")
+    p.add_argument("--out", default="figures", metavar="DIR")
+    p.add_argument("--last", type=int, default=10)
+    p.add_argument("--data-dir")
+    p.add_argument("--no-bench", action="store_true", help="skip the (slow) scaling benchmark")
+    p.add_argument("--bench-steps", type=int, default=5)
+    p.set_defaults(func=cmd_figures)
     return ap
 
 
