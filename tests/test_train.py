@@ -1,0 +1,166 @@
+"""Training end to end on the synthetic data: it learns, resumes exactly, saves safely."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from minibert4rec.errors import InputError
+from minibert4rec.train import TrainConfig, load_npz, load_run, save_npz, train
+
+TINY = dict(dataset="synthetic", hidden=16, heads=2, layers=1, batch_size=128, max_len=12,
+            progress=False, lr=3e-3, warmup=10, decay_epochs=3, synthetic_users=600)
+quiet = lambda *a, **k: None  # noqa: E731
+
+
+def weights(run_dir, name="last.npz"):
+    return load_npz(os.path.join(run_dir, name))
+
+
+@pytest.fixture(scope="module")
+def run3(tmp_path_factory):
+    d = tmp_path_factory.mktemp("run3")
+    metrics = train(TrainConfig(epochs=3, **TINY), d, log=quiet)
+    return d, metrics
+
+
+def test_run_directory_and_metrics_json(run3):
+    d, metrics = run3
+    for f in ("config.json", "weights.npz", "last.npz", "optimizer.npz", "state.json",
+              "metrics.json", "items.txt"):
+        assert (d / f).exists(), f
+    saved = json.loads((d / "metrics.json").read_text())
+    keys = {"HR@1", "HR@5", "HR@10", "NDCG@5", "NDCG@10", "MRR"}
+    assert set(saved) == {"sampled", "full"} and set(saved["sampled"]) == set(saved["full"]) == keys
+    assert saved == metrics
+    state = json.loads((d / "state.json").read_text())
+    assert state["epoch"] == 3 and len(state["history"]) == 3
+    assert state["history"][-1]["loss"] < state["history"][0]["loss"]
+
+
+def test_resume_is_bit_identical(run3, tmp_path):
+    d3, metrics3 = run3
+    d = tmp_path / "resumed"
+    train(TrainConfig(epochs=1, **TINY), d, log=quiet)
+    metrics = train(TrainConfig(epochs=3, **TINY), d, resume=True, log=quiet)
+    a, b = weights(d3), weights(d)
+    assert all(np.array_equal(a[k], b[k]) for k in a)
+    assert all(np.array_equal(x, y) for x, y in zip(weights(d3, "weights.npz").values(),
+                                                     weights(d, "weights.npz").values()))
+    assert metrics == metrics3
+
+
+def test_resume_from_the_middle_of_an_epoch_is_bit_identical(run3, tmp_path):
+    d3, _ = run3
+    d = tmp_path / "mid"
+    train(TrainConfig(epochs=3, minutes=1e-4, **TINY), d, log=quiet)    # stops after one step
+    state = json.loads((d / "state.json").read_text())
+    assert state["epoch"] == 0 and state["batch"] == 1
+    train(TrainConfig(epochs=3, **TINY), d, resume=True, log=quiet)
+    a, b = weights(d3), weights(d)
+    assert all(np.array_equal(a[k], b[k]) for k in a)
+
+
+def test_same_seed_same_metrics_other_seed_differs(run3, tmp_path):
+    _, m0 = run3
+    m1 = train(TrainConfig(epochs=3, **{**TINY, "seed": 1}), tmp_path / "s1", log=quiet)
+    assert m1 != m0
+
+
+def test_training_beats_popularity_on_synthetic(tmp_path):
+    from minibert4rec.data import load_dataset
+    from minibert4rec.train import popularity_metrics
+    cfg = TrainConfig(epochs=6, **{**TINY, "hidden": 32, "layers": 2, "synthetic_users": 2000,
+                                   "decay_epochs": 6})
+    m = train(cfg, tmp_path / "learn", log=quiet)
+    pop = popularity_metrics(load_dataset("synthetic"))
+    assert m["sampled"]["NDCG@10"] > pop["sampled"]["NDCG@10"] + 0.1
+    assert m["full"]["HR@10"] > pop["full"]["HR@10"] + 0.1
+
+
+def test_checkpoint_refuses_pickle(tmp_path):
+    path = tmp_path / "evil.npz"
+    np.savez(path, x=np.array([{"a": 1}], dtype=object))
+    with pytest.raises(InputError, match="pickle"):
+        load_npz(path)
+
+
+def test_truncated_checkpoint_is_reported(run3, tmp_path):
+    d3, _ = run3
+    data = (d3 / "weights.npz").read_bytes()
+    bad = tmp_path / "run"
+    bad.mkdir()
+    for f in ("config.json", "items.txt"):
+        (bad / f).write_bytes((d3 / f).read_bytes())
+    (bad / "weights.npz").write_bytes(data[: len(data) // 2])
+    with pytest.raises(InputError, match="truncated or corrupt"):
+        load_run(bad)
+
+
+def test_incompatible_checkpoint_is_reported(run3, tmp_path):
+    d3, _ = run3
+    bad = tmp_path / "run"
+    bad.mkdir()
+    conf = json.loads((d3 / "config.json").read_text())
+    conf["model"]["hidden"] = 32
+    (bad / "config.json").write_text(json.dumps(conf))
+    (bad / "weights.npz").write_bytes((d3 / "weights.npz").read_bytes())
+    with pytest.raises(InputError, match="incompatible"):
+        load_run(bad)
+    conf["format_version"] = 99
+    (bad / "config.json").write_text(json.dumps(conf))
+    with pytest.raises(InputError, match="format version"):
+        load_run(bad)
+
+
+def test_atomic_save_keeps_the_old_file_when_writing_fails(tmp_path):
+    path = tmp_path / "w.npz"
+    save_npz(path, {"a": np.ones(3)})
+
+    class Boom:                          # np.savez fails half-way through the arrays
+        def __array__(self, *a, **k):
+            raise RuntimeError("disk full")
+    with pytest.raises(RuntimeError):
+        save_npz(path, {"a": np.zeros(3), "b": Boom()})
+    assert np.array_equal(load_npz(path)["a"], np.ones(3))
+    assert os.listdir(tmp_path) == ["w.npz"]                 # no temporary file left
+
+
+def test_ctrl_c_saves_a_resumable_checkpoint(tmp_path):
+    d = tmp_path / "int"
+    cmd = [sys.executable, "-m", "minibert4rec", "train", "--dataset", "synthetic", "--epochs", "50",
+           "--hidden", "16", "--layers", "1", "--max-len", "12", "--no-progress", "--out", str(d)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and not (d / "state.json").exists():
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0, out
+    assert "resumable checkpoint" in out and "--resume" in out
+    state = json.loads((d / "state.json").read_text())
+    assert state["epoch"] >= 1 and state["epoch"] < 50
+
+
+def test_non_finite_loss_stops_training_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+    from minibert4rec.model import BERT4Rec
+    from minibert4rec.train import TrainingStopped
+    d = tmp_path / "nan"
+    cfg = TrainConfig(epochs=2, **TINY)
+    train(TrainConfig(epochs=1, **TINY), d, log=quiet)
+    good = weights(d)
+    real = BERT4Rec.loss_and_grads
+
+    def poisoned(self, *a, **k):
+        loss, grads = real(self, *a, **k)
+        return float("nan"), grads
+    monkeypatch.setattr(BERT4Rec, "loss_and_grads", poisoned)
+    with pytest.raises(TrainingStopped, match="loss became nan .* last good checkpoint"):
+        train(cfg, d, resume=True, log=quiet)
+    after = weights(d)
+    assert all(np.array_equal(good[k], after[k]) for k in good)
+    assert json.loads((d / "state.json").read_text())["epoch"] == 1
