@@ -53,7 +53,7 @@ def _train_config(args):
     from .train import TrainConfig
     keys = ("dataset", "data_dir", "epochs", "minutes", "seed", "lr", "batch_size", "hidden",
             "layers", "heads", "max_len", "mask_ratio", "position", "attention", "gelu",
-            "warmup", "track_test", "min_interactions", "decay_epochs")
+            "warmup", "track_test", "min_interactions", "decay_epochs", "threads")
     kw = {k: getattr(args, k) for k in keys if getattr(args, k, None) is not None}
     if getattr(args, "dropout", None) is not None:
         kw["hidden_dropout"] = args.dropout
@@ -264,6 +264,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-interactions", type=int, help="drop users with fewer items (default 3)")
     p.add_argument("--track-test", action="store_true", default=None,
                    help="also evaluate the test split after every epoch (for learning curves)")
+    p.add_argument("--threads", type=int, help="BLAS threads (default: NumPy's); 1 is faster "
+                                               "when other work shares the cores")
     p.add_argument("--out", metavar="RUN_DIR", help="run directory (default runs/DATASET)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -336,6 +338,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-bench", action="store_true", help="skip the (slow) scaling benchmark")
     p.add_argument("--bench-steps", type=int, default=5)
     p.set_defaults(func=cmd_figures)
+
+    from . import bench
+    p = sub.add_parser("bench", help="where a training step spends its time",
+                       description="Time training steps on synthetic batches of a configuration's "
+                                   "shape: throughput, per-component forward/backward times, "
+                                   "FLOPs against the measured matmul peak, peak memory.")
+    bench.add_arguments(p)
+    p.set_defaults(func=bench.command)
     return ap
 
 

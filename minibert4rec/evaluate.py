@@ -376,6 +376,14 @@ def evaluate(score_fn: ScoreFn, histories: list[np.ndarray], targets: np.ndarray
         if negatives.ndim != 2 or negatives.shape[0] != U:
             raise InputError(f"negatives must be ({U}, N), got {negatives.shape}")
 
+    # Users are scored in order of history length, so a batch holds histories of
+    # similar length and a model pads little (metrics are means: order-free).
+    order = np.argsort(np.fromiter((len(h) for h in histories), dtype=np.int64, count=U),
+                       kind="stable")
+    histories = [histories[i] for i in order]
+    targets = targets[order]
+    if "sampled" in protocols:
+        negatives = negatives[order]
     # One tie-breaking stream per protocol, so "both" reproduces "sampled" and "full" alone.
     rngs = {p: np.random.default_rng([seed, i + 1]) for i, p in enumerate(PROTOCOLS)}
     ranks = {p: [] for p in protocols}

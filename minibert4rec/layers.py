@@ -231,7 +231,7 @@ def gelu_forward(x, approximate="erf"):
         phi = 0.5 * (1.0 + _erf(x / _SQRT_2))
         return x * phi, ("erf", x, phi)
     if approximate == "tanh":
-        t = np.tanh(_SQRT_2_OVER_PI * (x + 0.044715 * x ** 3))
+        t = np.tanh(_SQRT_2_OVER_PI * (x + 0.044715 * (x * x * x)))  # x**3 is 30x slower in float32
         return 0.5 * x * (1.0 + t), ("tanh", x, t)
     raise ValueError(f"unknown GELU form {approximate!r}: use 'erf' or 'tanh'")
 

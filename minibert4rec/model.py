@@ -300,8 +300,9 @@ def _logits_buffer(m, V, dtype):
 def _exp_inplace(z):
     """np.exp(z, out=z) on two threads (NumPy releases the GIL inside ufuncs)."""
     global _POOL
+    from . import threads
     rows = z.shape[0]
-    if rows < 64:
+    if rows < 64 or threads.ELEMENTWISE_THREADS < 2:
         np.exp(z, out=z)
         return
     if _POOL is None:

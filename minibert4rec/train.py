@@ -88,6 +88,7 @@ class TrainConfig:
     n_negatives: int = 100
     eval_batch_size: int = 256
     track_test: bool = False               # also evaluate the test split every epoch (curves)
+    threads: int | None = None             # BLAS threads (None: NumPy's default); see threads.py
     progress: bool = True
 
     def resolved(self) -> "TrainConfig":
@@ -316,6 +317,13 @@ class _Interrupt:
 
 
 def train(tcfg: TrainConfig, run_dir, resume=False, log=print):
+    """Train (or resume) a run; see _train. ``tcfg.threads`` limits BLAS threads meanwhile."""
+    from .threads import blas_thread_limit
+    with blas_thread_limit(tcfg.threads):
+        return _train(tcfg, run_dir, resume, log)
+
+
+def _train(tcfg: TrainConfig, run_dir, resume=False, log=print):
     """Train (or resume) a run; returns the test metrics dict written to metrics.json.
 
     Stops after ``tcfg.epochs`` epochs in total, at the ``tcfg.minutes`` budget,
@@ -336,6 +344,7 @@ def train(tcfg: TrainConfig, run_dir, resume=False, log=print):
             log(f"note: the learning-rate decay now ends at epoch {decay} (was {old_cfg.decay_epochs})")
         tcfg = TrainConfig(**{**conf["train"], "epochs": tcfg.epochs, "minutes": tcfg.minutes,
                               "decay_epochs": decay, "progress": tcfg.progress,
+                              "threads": tcfg.threads,
                               "data_dir": tcfg.data_dir or old_cfg.data_dir})
         state = load_json(os.path.join(run_dir, "state.json"))
     tcfg = tcfg.resolved()

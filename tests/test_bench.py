@@ -1,0 +1,190 @@
+"""The benchmark engine (minibert4rec.bench): a smoke run of the tiny configuration,
+the analytic FLOP count against a hand computation, the exclusive-time profiler on a
+fake clock, and that every timing wrapper is taken out again.
+
+No assertion depends on how fast anything runs (these machines are shared and noisy).
+"""
+import importlib
+import json
+import math
+
+import numpy as np
+import pytest
+
+from minibert4rec import bench
+
+
+def _current_functions():
+    """(module, name) -> the object the library calls now, for every patch target."""
+    out = {}
+    for mod_name, attr, *_ in bench.PATCHES:
+        mod = importlib.import_module(mod_name)
+        if hasattr(mod, attr):
+            out[(mod_name, attr)] = getattr(mod, attr)
+    return out
+
+
+ORIGINALS = _current_functions()
+
+
+@pytest.fixture(scope="module")
+def result():
+    return bench.run_benchmark("tiny", steps=3, warmup=1, seed=0, peak=True)
+
+
+def test_result_has_the_documented_keys(result):
+    for key in ("train_sequences_per_s", "train_tokens_per_s", "inference_sequences_per_s",
+                "achieved_gflops", "peak_gflops", "efficiency", "peak_rss_mb", "components",
+                "step_ms", "flops_per_step", "B", "mean_T", "mean_M", "blas", "numpy"):
+        assert key in result, key
+    for key in ("train_sequences_per_s", "train_tokens_per_s", "inference_sequences_per_s",
+                "achieved_gflops", "peak_gflops", "efficiency", "peak_rss_mb", "flops_per_step"):
+        assert math.isfinite(result[key]) and result[key] > 0, (key, result[key])
+    s = result["step_ms"]
+    assert 0 < s["min"] <= s["median"] <= s["max"]
+    assert result["efficiency"] == pytest.approx(result["achieved_gflops"] / result["peak_gflops"])
+    assert result["B"] == bench.CONFIGS["tiny"]["batch_size"]
+    assert 1 <= result["mean_T"] <= bench.CONFIGS["tiny"]["max_len"]
+    json.dumps(result)                                   # the --json output is one JSON object
+
+
+def test_component_table_covers_the_step(result):
+    rows = {c["component"]: c for c in result["components"]}
+    # the issue's list: embeddings, attention (projections, scores/softmax, weighted sum),
+    # feed-forward, LayerNorms, output head, loss, optimizer step
+    for name in (bench.EMB, bench.PROJ, bench.SCORES, bench.SOFTMAX, bench.FFN_MM, bench.FFN_GELU,
+                 bench.LN, bench.HEAD, bench.LOGITS, bench.OPT_UPDATE, bench.OTHER):
+        assert name in rows, name
+    for c in result["components"]:
+        for k in ("forward_ms", "backward_ms", "fused_ms", "step_ms", "total_ms", "share"):
+            assert c[k] >= 0.0, (c["component"], k, c[k])
+    # forward and backward are timed apart where they are separate functions
+    for name in (bench.PROJ, bench.FFN_MM, bench.LN):
+        assert rows[name]["forward_ms"] > 0 and rows[name]["backward_ms"] > 0, name
+    total = sum(c["total_ms"] for c in result["components"])
+    assert sum(c["share"] for c in result["components"]) == pytest.approx(1.0, rel=1e-6)
+    # the rows are per-step means over the profiled steps, the step time a median: generous
+    assert 0.5 * result["profiled_step_ms"]["median"] <= total <= 2.0 * result["profiled_step_ms"]["max"]
+    attributed = total - rows[bench.OTHER]["total_ms"]
+    assert attributed >= 0.5 * total          # the wrappers see most of the step
+    assert result["unprofiled_names"] == []   # every patch target exists in the library
+
+
+def test_every_timing_wrapper_is_removed(result):
+    assert _current_functions() == ORIGINALS
+    from minibert4rec import model
+    assert not hasattr(model.tied_output_loss, "__bench_original__")
+
+
+def test_wrappers_are_removed_after_an_exception():
+    with pytest.raises(RuntimeError):
+        with bench.profiled():
+            from minibert4rec import encoder
+            assert hasattr(encoder.mha_forward, "__bench_original__")
+            raise RuntimeError("boom")
+    assert _current_functions() == ORIGINALS
+
+
+def test_train_step_flops_by_hand():
+    # B=2, T=3 (6 rows), M=4 masked, D=4, L=1, H=2, F=8, V=10
+    f = bench.forward_flops(B=2, T=3, M=4, D=4, L=1, H=2, F=8, V=10)
+    assert f[bench.PROJ] == 2 * 6 * 4 * 12 + 2 * 6 * 4 * 4 == 768     # QKV (D x 3D) + output (D x D)
+    assert f[bench.SCORES] == 2 * (2 * 2 * 2 * 3 * 3 * 2) == 288       # QK^T and AV: B H T T Dh, Dh = 2
+    assert f[bench.FFN_MM] == 2 * 6 * 4 * 8 * 2 == 768                 # W1 and W2
+    assert f[bench.HEAD] == 2 * 4 * 4 * 4 == 128                       # Dense on the M rows
+    assert f[bench.LOGITS] == 2 * 4 * 4 * 10 == 320                    # tied logits M x V
+    t = bench.train_step_flops(B=2, T=3, M=4, D=4, L=1, H=2, F=8, V=10)
+    assert sum(t.values()) == 3 * 2272 == 6816                         # forward + 2x backward
+    # the encoder's share doubles with L, the head's does not
+    t2 = bench.train_step_flops(B=2, T=3, M=4, D=4, L=2, H=2, F=8, V=10)
+    assert t2[bench.FFN_MM] == 2 * t[bench.FFN_MM] and t2[bench.LOGITS] == t[bench.LOGITS]
+    # inference: the encoder over B x T and one scored row per sequence
+    assert (bench.inference_flops(B=2, T=3, D=4, L=1, H=2, F=8, V=10)
+            == 768 + 288 + 768 + 2 * 2 * 4 * 4 + 2 * 2 * 4 * 10)
+
+
+def test_profiler_charges_exclusive_time(monkeypatch):
+    clock = [0.0]
+    monkeypatch.setattr(bench.time, "perf_counter", lambda: clock[0])
+    prof = bench.Profiler()
+
+    def leaf():
+        clock[0] += 2.0
+
+    def parent(child):
+        clock[0] += 1.0
+        child()
+        clock[0] += 3.0
+
+    inner = prof.wrap(leaf, "leaf", bench.FWD)
+    outer = prof.wrap(lambda: parent(inner), "parent", bench.FWD)
+    outer()
+    assert prof.times[("parent", bench.FWD)] == 4.0       # 1 + 3, the child's 2 subtracted
+    assert prof.times[("leaf", bench.FWD)] == 2.0
+    prof.reset()
+    sticky = prof.wrap(lambda: parent(inner), "head", bench.BWD, sticky=True)
+    sticky()
+    assert dict(prof.times) == {("head", bench.BWD): 6.0}  # a sticky parent keeps its callees
+
+
+def test_synthetic_batches_follow_the_cloze_rules():
+    cfg = bench.resolve_config("tiny")
+    rng = np.random.default_rng(0)
+    batches = bench.synthetic_batches(cfg, 4, rng)
+    assert len(batches) == 4
+    mask_id = cfg["vocab_size"] - 1
+    for b in batches:
+        B, T = b.ids.shape
+        assert B == cfg["batch_size"] and T == b.lengths.max()
+        flat = b.ids.reshape(-1)
+        assert np.all(flat[b.sel] == mask_id)                        # masked positions hold [MASK]
+        assert np.all((b.targets >= 1) & (b.targets <= mask_id - 1))  # targets are real items
+        assert len(b.sel) <= B * cfg["max_predictions"]
+        pad = np.arange(T)[None, :] >= b.lengths[:, None]
+        assert np.all(b.ids[pad] == 0) and np.all(b.ids[~pad] > 0)
+
+
+def test_length_laws():
+    rng = np.random.default_rng(0)
+    beauty = bench.user_lengths("beauty", 20000, 50, rng)
+    assert beauty.min() == 4 and 7.0 < beauty.mean() < 8.7 and np.median(beauty) == 5
+    ml = bench.user_lengths("ml-1m", 5000, 200, rng)
+    assert ml.min() >= 19 and 70 < np.median(ml) < 130 and (ml >= 200).mean() > 0.2
+    assert np.all(bench.user_lengths("full", 10, 7, rng) == 7)
+    with pytest.raises(ValueError):
+        bench.user_lengths("zipf", 10, 7, rng)
+
+
+def test_reports_are_text_tables(result):
+    text = bench.format_report(result)
+    assert "training sequences/s" in text and "efficiency" in text
+    for c in result["components"]:
+        assert c["component"] in text
+    rows = bench.scaling("tiny", vary="batch", values=[8, 16], steps=1, warmup=0, peak=10.0)
+    assert [r["value"] for r in rows] == [8, 16]
+    assert all(r["train_sequences_per_s"] > 0 for r in rows)
+    assert "train seq/s" in bench.format_scaling(rows)
+    with pytest.raises(ValueError):
+        bench.scaling("tiny", vary="heads")
+    with pytest.raises(ValueError):
+        bench.run_benchmark("huge")
+
+
+def test_blas_thread_limit_restores_the_count():
+    before = bench.blas_threads()
+    with bench.blas_thread_limit(None):
+        assert bench.blas_threads() == before
+    if before is not None:                    # OpenBLAS found: the limit applies and is undone
+        with bench.blas_thread_limit(1):
+            assert bench.blas_threads() == 1
+        assert bench.blas_threads() == before
+
+
+def test_command_prints_one_json_object(capsys):
+    import argparse
+    ap = argparse.ArgumentParser()
+    bench.add_arguments(ap)
+    assert bench.command(ap.parse_args(["--config", "tiny", "--steps", "1", "--warmup", "0",
+                                        "--json"])) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["config"] == "tiny" and out["steps"] == 1 and "efficiency" in out
