@@ -89,6 +89,8 @@ class TrainConfig:
     eval_batch_size: int = 256
     track_test: bool = False               # also evaluate the test split every epoch (curves)
     threads: int | None = None             # BLAS threads (None: NumPy's default); see threads.py
+    holdout_validation: bool = False       # True: train on seq[:-2], never on the validation item
+                                           # (the authors train on it: validation is optimistic)
     progress: bool = True
 
     def resolved(self) -> "TrainConfig":
@@ -330,7 +332,7 @@ def _train(tcfg: TrainConfig, run_dir, resume=False, log=print):
     or on Ctrl-C; the last two save a resumable checkpoint first. After Ctrl-C
     it returns None at once (no test evaluation); a second Ctrl-C aborts.
     """
-    from tqdm.auto import tqdm
+    from tqdm import tqdm          # (tqdm.auto warns in notebooks without ipywidgets)
 
     os.makedirs(run_dir, exist_ok=True)
     state = None
@@ -356,7 +358,8 @@ def _train(tcfg: TrainConfig, run_dir, resume=False, log=print):
     elif model.cfg.vocab_size != ds.vocab_size:
         raise InputError(f"{run_dir}: the checkpoint has vocabulary {model.cfg.vocab_size}, the "
                          f"dataset {tcfg.dataset!r} now has {ds.vocab_size}: incompatible")
-    sampler = ClozeSampler(split.train, mcfg.max_len, tcfg.mask_ratio, tcfg.max_predictions,
+    train_seqs = split.valid_input if tcfg.holdout_validation else split.train
+    sampler = ClozeSampler(train_seqs, mcfg.max_len, tcfg.mask_ratio, tcfg.max_predictions,
                            tcfg.sliding_step, ds.mask_id)
     steps_per_epoch = sampler.n_batches(tcfg.batch_size)
     opt = AdamWeightDecay(model.params, lr=tcfg.lr, weight_decay=tcfg.weight_decay,

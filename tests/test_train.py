@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from minibert4rec.errors import InputError
-from minibert4rec.train import TrainConfig, load_npz, load_run, save_npz, train
+from minibert4rec.train import TrainConfig, dataset_of, load_npz, load_run, save_npz, train
 
 TINY = dict(dataset="synthetic", hidden=16, heads=2, layers=1, batch_size=128, max_len=12,
             progress=False, lr=3e-3, warmup=10, decay_epochs=3, synthetic_users=600)
@@ -74,10 +74,11 @@ def test_same_seed_same_metrics_other_seed_differs(run3, tmp_path):
 def test_training_beats_popularity_on_synthetic(tmp_path):
     from minibert4rec.data import load_dataset
     from minibert4rec.train import popularity_metrics
-    cfg = TrainConfig(epochs=6, **{**TINY, "hidden": 32, "layers": 2, "synthetic_users": 2000,
-                                   "decay_epochs": 6})
+    cfg = TrainConfig(epochs=5, **{**TINY, "hidden": 32, "layers": 1, "synthetic_users": 1000,
+                                   "decay_epochs": 5, "batch_size": 64, "max_len": 20,
+                                   "threads": 1, "holdout_validation": True})
     m = train(cfg, tmp_path / "learn", log=quiet)
-    pop = popularity_metrics(load_dataset("synthetic"))
+    pop = popularity_metrics(dataset_of(cfg))
     assert m["sampled"]["NDCG@10"] > pop["sampled"]["NDCG@10"] + 0.1
     assert m["full"]["HR@10"] > pop["full"]["HR@10"] + 0.1
 
