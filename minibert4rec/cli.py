@@ -92,6 +92,9 @@ def cmd_evaluate(args) -> int:
     ds = dataset_of(tcfg)
     metrics = test_metrics(model, ds, protocol=args.protocol, seed=tcfg.seed,
                            progress=not args.json)
+    if args.save:
+        from .train import save_json
+        save_json(os.path.join(args.run, "metrics.json"), metrics)
     if args.json:
         print(json.dumps(metrics, indent=1))
         return 0
@@ -284,6 +287,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--protocol", choices=("sampled", "full", "both"), default="both")
     p.add_argument("--data-dir", help="where the run's dataset lives")
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")
+    p.add_argument("--save", action="store_true",
+                   help="also write RUN_DIR/metrics.json (e.g. after a run stopped by Ctrl-C)")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("recommend", help="top-k next items for a history",

@@ -10,7 +10,8 @@ writes (into --out, default figures/)
     beauty/figure2.png           the paper's Figure 2 from the run (+ attention_stats.json)
     beauty/figure2_causal.png    the same for the causal model (observation d)
     bidirectional_vs_causal.png  both models' maps in one grid
-    beauty/metrics.json          the run's test metrics, time curve and command
+    beauty/metrics.json, config.json, state.json   copies of the run's small files (test
+                                 metrics, settings, per-epoch history) for notebooks/README
     scaling.png                  training throughput against N, batch size and vocabulary
                                  (from the benchmark; skipped with --no-bench)
 Nothing in figures/ is drawn by hand.
@@ -81,14 +82,17 @@ def run_figures(run, causal_run, out, data_dir=None, k=10, command=None):
     p = os.path.join(out, "training_curve.png")
     _close(plot_training_curve(state["history"], path=p))
     paths.append(p)
-    metrics = load_json(os.path.join(run, "metrics.json"))
-    summary = {"command": command, "run": run, "test": metrics,
-               "best_epoch": state.get("best_epoch"), "epochs": state.get("epoch"),
-               "minutes": round(state.get("elapsed", 0) / 60, 1),
-               "history": state["history"], "config": conf}
-    with open(os.path.join(sub, "metrics.json"), "w") as f:
+    # the run's own small JSON files, so notebooks and the README can read the full run
+    # without its weights: metrics.json (test), config.json, state.json (history, timings)
+    import shutil
+    for name in ("metrics.json", "config.json", "state.json"):
+        if os.path.exists(os.path.join(run, name)):
+            shutil.copyfile(os.path.join(run, name), os.path.join(sub, name))
+            paths.append(os.path.join(sub, name))
+    summary = {"command": command, "run": run, "best_epoch": state.get("best_epoch"),
+               "epochs": state.get("epoch"), "minutes": round(state.get("elapsed", 0) / 60, 1)}
+    with open(os.path.join(sub, "figures_command.json"), "w") as f:
         json.dump(summary, f, indent=1)
-    paths.append(os.path.join(sub, "metrics.json"))
     avg = collect_attention(model, split.test_input, k=k)
     stats_c, avg_c = None, None
     if causal_run:
