@@ -76,7 +76,8 @@ def cmd_train(args) -> int:
     if metrics is None:                       # Ctrl-C: checkpoint saved, nothing to report
         return 0
     ds = dataset_of(tcfg.resolved()) if not args.resume else None
-    rows = {"BERT4Rec (this run)": metrics}
+    label = "BERT4Rec (this run)" if tcfg.attention == "bidirectional" else "causal (this run)"
+    rows = {label: metrics}
     if ds is not None:
         rows["popularity baseline"] = popularity_metrics(ds, seed=tcfg.seed)
     _print_metrics_table(rows)
