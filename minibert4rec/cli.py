@@ -214,16 +214,12 @@ def cmd_figures(args) -> int:
     from .figures import run_figures, scaling_figure, static_figures
     paths = static_figures(args.out)
     if args.run:
-        command = " ".join(["python -m minibert4rec figures"] + sys.argv[2:]) if argv_is_cli() else None
+        command = "python -m minibert4rec " + " ".join(args.argv)
         paths += run_figures(args.run, args.causal_run, args.out, args.data_dir, args.last, command)
     if not args.no_bench:
         paths += scaling_figure(args.out, steps=args.bench_steps)
     print("wrote:\n  " + "\n  ".join(map(str, paths)))
     return 0
-
-
-def argv_is_cli() -> bool:
-    return len(sys.argv) > 1 and sys.argv[1] == "figures"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -365,7 +361,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     from .train import TrainingStopped
     ap = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = ap.parse_args(argv)
+    args.argv = argv                      # the command as typed (recorded by `figures`)
     try:
         return args.func(args)
     except (InputError, FileNotFoundError, TrainingStopped) as e:

@@ -29,6 +29,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from . import threads
 from .encoder import BLOCK_PARAMS, block_backward, block_forward
 from .errors import InputError
 from .layers import (additive_mask, dropout_backward, dropout_forward, embedding_backward,
@@ -300,7 +301,6 @@ def _logits_buffer(m, V, dtype):
 def _exp_inplace(z):
     """np.exp(z, out=z) on two threads (NumPy releases the GIL inside ufuncs)."""
     global _POOL
-    from . import threads
     rows = z.shape[0]
     if rows < 64 or threads.ELEMENTWISE_THREADS < 2:
         np.exp(z, out=z)
