@@ -1,6 +1,7 @@
 """The command line: a thin shell over the library.
 
-    python -m minibert4rec gradcheck [--json]
+    python -m minibert4rec demo | train | evaluate | recommend | attention |
+                           download | figures | bench | gradcheck
     python -m minibert4rec --help            (every command has its own --help)
 
 Bad input never shows a Python traceback: the command prints one line naming

@@ -1,6 +1,5 @@
 """The cloze task: windows, mask counts, mask-last, padding never masked, batches."""
 import numpy as np
-import pytest
 
 from minibert4rec.cloze import ClozeSampler, cloze_masks, make_windows, mask_last
 

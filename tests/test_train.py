@@ -72,7 +72,6 @@ def test_same_seed_same_metrics_other_seed_differs(run3, tmp_path):
 
 
 def test_training_beats_popularity_on_synthetic(tmp_path):
-    from minibert4rec.data import load_dataset
     from minibert4rec.train import popularity_metrics
     cfg = TrainConfig(epochs=5, **{**TINY, "hidden": 32, "layers": 1, "synthetic_users": 1000,
                                    "decay_epochs": 5, "batch_size": 64, "max_len": 20,
