@@ -47,6 +47,7 @@ from collections import defaultdict
 import numpy as np
 
 from .threads import blas_thread_limit, blas_threads  # noqa: F401  (re-exported)
+from .threads import keep_freed_memory, memory_kept
 from .cloze import ClozeSampler, make_windows
 from .model import BERT4Rec, Config
 from .optim import AdamWeightDecay
@@ -415,7 +416,7 @@ def _stats(xs) -> dict:
 
 def run_benchmark(config="beauty", steps=20, warmup=3, seed=0, progress=False, *,
                   profile=True, inference=True, peak=True, inference_steps=None,
-                  overrides=None, threads=None) -> dict:
+                  overrides=None, threads=None, keep_memory=True) -> dict:
     """Time training and inference steps on synthetic batches; return a JSON-ready dict.
 
     config:  "beauty", "ml-1m", "tiny" or a dict like ``CONFIGS[...]``
@@ -428,6 +429,9 @@ def run_benchmark(config="beauty", steps=20, warmup=3, seed=0, progress=False, *
     peak:    measure the float32 matmul peak (True), skip it (False), or use a given number
     overrides: dict of configuration values to change (vocab_size, batch_size, max_len, lengths, ...)
     threads: limit OpenBLAS to this many threads for the whole run (peak included); None: as is
+    keep_memory: call ``threads.keep_freed_memory()`` first (as ``train`` does); False
+             measures malloc's default behaviour (only meaningful in a fresh process:
+             the setting cannot be undone)
 
     Keys of the result: see ``format_report``; at least train_sequences_per_s,
     train_tokens_per_s, inference_sequences_per_s, achieved_gflops, peak_gflops,
@@ -436,6 +440,8 @@ def run_benchmark(config="beauty", steps=20, warmup=3, seed=0, progress=False, *
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
     cfg = resolve_config(config, **(overrides or {}))
+    if keep_memory:
+        keep_freed_memory()
     with blas_thread_limit(threads):
         return _run(cfg, steps, warmup, seed, progress, profile, inference, peak, inference_steps)
 
@@ -552,7 +558,7 @@ def _run(cfg, steps, warmup, seed, progress, profile, inference, peak, inference
     result["peak_rss_mb"] = float(peak_rss_mb())
     result.update({
         "numpy": np.__version__, "blas": blas_info(), "blas_threads": blas_threads(),
-        "cpu_count": os.cpu_count(),
+        "cpu_count": os.cpu_count(), "malloc_keeps_freed_memory": memory_kept(),
         "python": platform.python_version(), "machine": platform.machine(),
         "load_average_start": load_start, "load_average_end": _load(),
     })
@@ -692,7 +698,9 @@ def format_report(r: dict) -> str:
              ("peak resident memory", f"{r['peak_rss_mb']:.0f} MB"),
              ("CPU time per step", f"user {1e3 * r['cpu_user_s_per_step']:.0f} ms, system "
                                    f"{1e3 * r['cpu_system_s_per_step']:.0f} ms ({r['cpu_utilisation']:.2f} "
-                                   f"cores busy), {r['page_faults_per_step']:,.0f} page faults")]
+                                   f"cores busy), {r['page_faults_per_step']:,.0f} page faults"
+                                   + ("" if r.get("malloc_keeps_freed_memory") else
+                                      " (malloc returns freed memory: --malloc-default)"))]
     width = max(len(k) for k, _ in rows)
     out += [f"{k:<{width}s}  {v}" for k, v in rows]
     if r.get("components"):
@@ -743,6 +751,9 @@ def add_arguments(parser):
     parser.add_argument("--seed", type=int, default=0, help="seed of the synthetic data (default 0)")
     parser.add_argument("--threads", type=int, help="limit OpenBLAS to this many threads")
     parser.add_argument("--json", action="store_true", help="print the result as one JSON object")
+    parser.add_argument("--malloc-default", action="store_true",
+                        help="leave malloc returning freed memory to the system (to measure "
+                             "what keeping it buys; see threads.keep_freed_memory)")
 
 
 def command(args) -> int:
@@ -752,7 +763,8 @@ def command(args) -> int:
         from .errors import InputError
         raise InputError(f"--steps must be >= 1, got {args.steps}")
     r = run_benchmark(args.config, steps=args.steps, warmup=args.warmup, seed=args.seed,
-                      progress=not args.json, threads=getattr(args, "threads", None))
+                      progress=not args.json, threads=getattr(args, "threads", None),
+                      keep_memory=not getattr(args, "malloc_default", False))
     print(json.dumps(r, indent=1) if args.json else format_report(r))
     return 0
 

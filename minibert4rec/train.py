@@ -320,7 +320,8 @@ class _Interrupt:
 
 def train(tcfg: TrainConfig, run_dir, resume=False, log=print):
     """Train (or resume) a run; see _train. ``tcfg.threads`` limits BLAS threads meanwhile."""
-    from .threads import blas_thread_limit
+    from .threads import blas_thread_limit, keep_freed_memory
+    keep_freed_memory()                  # reuse freed temporaries: no page faults every step
     with blas_thread_limit(tcfg.threads):
         return _train(tcfg, run_dir, resume, log)
 
