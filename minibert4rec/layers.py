@@ -33,6 +33,60 @@ import math
 import numpy as np
 from scipy.special import erf
 
+from . import threads
+
+# ----------------------------------------------------------------------------
+# Speed note: element-wise work in cache-sized blocks
+# ----------------------------------------------------------------------------
+# A formula such as GELU's is a dozen NumPy operations, each a pass over the
+# whole array that writes a fresh temporary. For a (B, T, F) activation of
+# 50 MB every pass goes to main memory; cut into blocks of 64K elements the
+# temporaries (256 KB) stay in the L2 cache and the same formula runs ~3x
+# faster. ``blockwise`` does exactly that and nothing else: the formulas below
+# are written for whole arrays, and small arrays (gradient checks) are passed
+# to them unchanged.
+
+BLOCK_ELEMENTS = 1 << 16   # elements per block per array: 256 KB of float32
+
+
+def blockwise(f, *arrays):
+    """f(*arrays), computed block of rows by block of rows; same result, less memory traffic.
+
+    arrays: each (..., K_i), all with the same leading shape (...)
+    f:      a ROW-WISE function: given row blocks (r, K_i) it returns one array
+            or a tuple of arrays, each (r, K_out) (row i of an output depends only
+            on row i of the inputs; softmax and LayerNorm over the last axis are)
+    returns what f returns, each output reshaped to (..., K_out).
+
+    Blocks are shared between ``threads.ELEMENTWISE_THREADS`` threads (NumPy
+    releases the GIL inside its loops); every block is computed the same way
+    whichever thread runs it, so the result does not depend on the count.
+    """
+    lead = arrays[0].shape[:-1]
+    R = math.prod(lead)
+    rows = max(1, BLOCK_ELEMENTS // max(1, max(a.shape[-1] for a in arrays)))
+    if R <= rows:
+        return f(*arrays)
+    flat = [a.reshape(R, a.shape[-1]) for a in arrays]
+    first = f(*(a[:rows] for a in flat))
+    single = not isinstance(first, tuple)
+    first = (first,) if single else first
+    outs = [np.empty((R,) + o.shape[1:], o.dtype) for o in first]
+    for o, fo in zip(outs, first):
+        o[:rows] = fo
+
+    def run(starts):
+        for s in starts:
+            res = f(*(a[s:s + rows] for a in flat))
+            for o, r in zip(outs, (res,) if single else res):
+                o[s:s + rows] = r
+
+    starts = range(rows, R, rows)
+    threads.run_split(run, starts)
+    outs = [o.reshape(lead + o.shape[1:]) for o in outs]
+    return outs[0] if single else tuple(outs)
+
+
 # ----------------------------------------------------------------------------
 # 4. Linear (dense) layer: out = x W + b
 # ----------------------------------------------------------------------------
@@ -166,12 +220,14 @@ def layernorm_forward(x, gamma, beta, eps=1e-12):
     As BERT (and the authors' TensorFlow code): variance is the biased one
     (divide by D, not D - 1) and eps = 1e-12 sits inside the square root.
     """
-    mean = x.mean(axis=-1, keepdims=True)                      # (..., 1)
-    xc = x - mean                                              # (..., D)
-    var = np.mean(xc * xc, axis=-1, keepdims=True)             # (..., 1)
-    rstd = 1.0 / np.sqrt(var + eps)                            # (..., 1)
-    xhat = xc * rstd                                           # (..., D)
-    out = xhat * gamma + beta
+    def rows(x):                                               # the formula, on a block of rows
+        mean = x.mean(axis=-1, keepdims=True)                  # (..., 1)
+        xc = x - mean                                          # (..., D)
+        var = np.mean(xc * xc, axis=-1, keepdims=True)         # (..., 1)
+        rstd = 1.0 / np.sqrt(var + eps)                        # (..., 1)
+        xhat = xc * rstd                                       # (..., D)
+        return xhat * gamma + beta, xhat, rstd
+    out, xhat, rstd = blockwise(rows, x)
     return out, (xhat, rstd, gamma)
 
 
@@ -186,9 +242,11 @@ def layernorm_backward(dout, cache):
     D = xhat.shape[-1]
     dgamma = (dout * xhat).reshape(-1, D).sum(axis=0)
     dbeta = dout.reshape(-1, D).sum(axis=0)
-    g = dout * gamma                                            # dL/dxhat
-    dx = rstd * (g - g.mean(axis=-1, keepdims=True)
-                 - xhat * np.mean(g * xhat, axis=-1, keepdims=True))
+    def rows(dout, xhat, rstd):
+        g = dout * gamma                                        # dL/dxhat
+        return rstd * (g - g.mean(axis=-1, keepdims=True)
+                       - xhat * np.mean(g * xhat, axis=-1, keepdims=True))
+    dx = blockwise(rows, dout, xhat, rstd)
     return dx, dgamma, dbeta
 
 
@@ -228,11 +286,17 @@ def gelu_forward(x, approximate="erf"):
     approximate="tanh": Phi(x) ~ 0.5 (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))  (GPT-2)
     """
     if approximate == "erf":
-        phi = 0.5 * (1.0 + _erf(x / _SQRT_2))
-        return x * phi, ("erf", x, phi)
+        def rows(x):                                            # the formula, on a block of rows
+            phi = 0.5 * (1.0 + _erf(x / _SQRT_2))
+            return x * phi, phi
+        out, phi = blockwise(rows, x)
+        return out, ("erf", x, phi)
     if approximate == "tanh":
-        t = np.tanh(_SQRT_2_OVER_PI * (x + 0.044715 * (x * x * x)))  # x**3 is 30x slower in float32
-        return 0.5 * x * (1.0 + t), ("tanh", x, t)
+        def rows(x):
+            t = np.tanh(_SQRT_2_OVER_PI * (x + 0.044715 * (x * x * x)))  # x**3: 30x slower in float32
+            return 0.5 * x * (1.0 + t), t
+        out, t = blockwise(rows, x)
+        return out, ("tanh", x, t)
     raise ValueError(f"unknown GELU form {approximate!r}: use 'erf' or 'tanh'")
 
 
@@ -244,10 +308,13 @@ def gelu_backward(dout, cache):
     """
     kind, x, s = cache
     if kind == "erf":
-        local = s + x * _INV_SQRT_2PI * np.exp(-0.5 * x * x)
+        def rows(dout, x, phi):
+            return dout * (phi + x * _INV_SQRT_2PI * np.exp(-0.5 * x * x))
     else:
-        local = 0.5 * (1.0 + s) + 0.5 * x * (1.0 - s * s) * _SQRT_2_OVER_PI * (1.0 + 3 * 0.044715 * x * x)
-    return (dout * local,)
+        def rows(dout, x, t):
+            return dout * (0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * _SQRT_2_OVER_PI
+                           * (1.0 + 3 * 0.044715 * x * x))
+    return (blockwise(rows, dout, x, s),)
 
 
 # ----------------------------------------------------------------------------
@@ -266,16 +333,18 @@ def dropout_forward(x, p, rng=None, train=True):
         raise ValueError(f"dropout probability must be in [0, 1), got {p}")
     if not train or p == 0.0:
         return x, None
-    keep = rng.random(x.shape, dtype=np.float32) >= p              # (...) bool
-    scale = np.asarray(1.0 / (1.0 - p), dtype=x.dtype)
-    mask = keep * scale                                            # (...) 0 or 1/(1-p)
-    return x * mask, mask
+    keep = rng.random(x.shape, dtype=np.float32) >= p              # (...) bool, True = kept
+    scale = x.dtype.type(1.0 / (1.0 - p))
+    out = blockwise(lambda x, keep: x * keep * scale, x, keep)     # 0 or x / (1-p)
+    return out, (keep, scale)
 
 
 def dropout_backward(dout, cache):
     """dout: (...) -> dx: (...); the same elements are dropped and scaled."""
-    mask = cache
-    return (dout if mask is None else dout * mask,)
+    if cache is None:
+        return (dout,)
+    keep, scale = cache
+    return (blockwise(lambda dout, keep: dout * keep * scale, dout, keep),)
 
 
 # ----------------------------------------------------------------------------
@@ -291,9 +360,10 @@ def softmax_forward(x):
     Subtracting the row maximum first changes nothing mathematically and keeps
     exp() from overflowing.
     """
-    z = x - x.max(axis=-1, keepdims=True)
-    e = np.exp(z)
-    y = e / e.sum(axis=-1, keepdims=True)
+    def rows(x):                                                # the formula, on a block of rows
+        e = np.exp(x - x.max(axis=-1, keepdims=True))
+        return e / e.sum(axis=-1, keepdims=True)
+    y = blockwise(rows, x)
     return y, y
 
 
@@ -304,7 +374,8 @@ def softmax_backward(dout, cache):
     product is  dx = y * (dout - sum(dout * y)).
     """
     y = cache
-    return (y * (dout - np.sum(dout * y, axis=-1, keepdims=True)),)
+    return (blockwise(lambda dout, y: y * (dout - np.sum(dout * y, axis=-1, keepdims=True)),
+                      dout, y),)
 
 
 def additive_mask(key_mask, causal=False, dtype=np.float32):

@@ -281,7 +281,6 @@ def tied_output_loss(n, E, out_bias, targets, weights=None, chunk=1024):
     return loss, dn, dEb[:, :D].copy(), dEb[:, D].copy()
 
 
-_POOL = None
 _BUFFER = {}
 
 
@@ -299,18 +298,14 @@ def _logits_buffer(m, V, dtype):
 
 
 def _exp_inplace(z):
-    """np.exp(z, out=z) on two threads (NumPy releases the GIL inside ufuncs)."""
-    global _POOL
+    """np.exp(z, out=z), rows shared between threads (NumPy releases the GIL inside ufuncs)."""
     rows = z.shape[0]
-    if rows < 64 or threads.ELEMENTWISE_THREADS < 2:
+    step = max(1, -(-rows // max(1, threads.ELEMENTWISE_THREADS)))
+    if rows < 64:
         np.exp(z, out=z)
         return
-    if _POOL is None:
-        from concurrent.futures import ThreadPoolExecutor
-        _POOL = ThreadPoolExecutor(2)
-    h = rows // 2
-    parts = [z[:h], z[h:]]
-    list(_POOL.map(lambda x: np.exp(x, out=x), parts))
+    threads.run_split(lambda starts: [np.exp(z[s:s + step], out=z[s:s + step]) for s in starts],
+                      range(0, rows, step))
 
 
 # ----------------------------------------------------------------------------

@@ -17,6 +17,32 @@ import sys
 # blas_thread_limit sets it together with BLAS's own count.
 ELEMENTWISE_THREADS = 2
 
+_POOL = None
+
+
+def run_split(work, items):
+    """work(part) for the items split into ELEMENTWISE_THREADS contiguous parts, in parallel.
+
+    The calling thread takes the first part; a worker pool (created once) the
+    others. Returns when all parts are done; an exception in any part is raised.
+    """
+    global _POOL
+    items = list(items)
+    n = min(ELEMENTWISE_THREADS, len(items))
+    if n < 2:
+        work(items)
+        return
+    if _POOL is None:
+        from concurrent.futures import ThreadPoolExecutor
+        _POOL = ThreadPoolExecutor(max(2, ELEMENTWISE_THREADS) - 1)
+    k = -(-len(items) // n)
+    parts = [items[i:i + k] for i in range(0, len(items), k)]
+    futures = [_POOL.submit(work, part) for part in parts[1:]]
+    work(parts[0])
+    for fut in futures:
+        fut.result()
+
+
 _BLAS_GET = ("scipy_openblas_get_num_threads64_", "scipy_openblas_get_num_threads",
              "openblas_get_num_threads64_", "openblas_get_num_threads")
 _BLAS_SET = tuple(n.replace("get_", "set_") for n in _BLAS_GET)

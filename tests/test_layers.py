@@ -204,3 +204,65 @@ def test_model_exposes_attention_of_every_layer_and_head():
     assert model.attention.shape == (2, 2, 3, 5, 5)                      # (L, B, H, T, T)
     assert np.allclose(model.attention.sum(-1), 1, atol=1e-5)
     assert np.all(model.attention[:, 1, :, :, 3:] < 1e-6)               # padded keys
+
+
+# --- blockwise: the cache-blocked evaluation changes the speed, never the numbers
+
+def _whole(f):
+    """Run a layer function with blocking switched off (one block holds everything)."""
+    old = Ly.BLOCK_ELEMENTS
+    Ly.BLOCK_ELEMENTS = 1 << 40
+    try:
+        return f()
+    finally:
+        Ly.BLOCK_ELEMENTS = old
+
+
+@pytest.mark.parametrize("n_threads", [1, 2])
+def test_blocked_layers_equal_the_whole_array_formulas_bit_for_bit(monkeypatch, n_threads):
+    from minibert4rec import threads
+    monkeypatch.setattr(threads, "ELEMENTWISE_THREADS", n_threads)
+    monkeypatch.setattr(Ly, "BLOCK_ELEMENTS", 1000)           # many blocks, and a ragged last one
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((3, 7, 45, 33)).astype(np.float32)   # 945 rows of 33 > 1000 elements
+    d = rng.standard_normal(x.shape).astype(np.float32)
+    g, b = rng.standard_normal(33).astype(np.float32), rng.standard_normal(33).astype(np.float32)
+    cases = {
+        "softmax": lambda: Ly.softmax_backward(d, Ly.softmax_forward(x)[1])[0],
+        "softmax fwd": lambda: Ly.softmax_forward(x)[0],
+        "layernorm": lambda: Ly.layernorm_backward(d, Ly.layernorm_forward(x, g, b)[1]),
+        "layernorm fwd": lambda: Ly.layernorm_forward(x, g, b)[0],
+        "gelu erf": lambda: Ly.gelu_backward(d, Ly.gelu_forward(x, "erf")[1])[0],
+        "gelu erf fwd": lambda: Ly.gelu_forward(x, "erf")[0],
+        "gelu tanh": lambda: Ly.gelu_backward(d, Ly.gelu_forward(x, "tanh")[1])[0],
+        "dropout": lambda: Ly.dropout_backward(
+            d, Ly.dropout_forward(x, 0.3, np.random.default_rng(1))[1])[0],
+        "dropout fwd": lambda: Ly.dropout_forward(x, 0.3, np.random.default_rng(1))[0],
+    }
+    for name, f in cases.items():
+        blocked, whole = f(), _whole(f)
+        as_list = (lambda r: list(r) if isinstance(r, tuple) else [r])
+        for u, v in zip(as_list(blocked), as_list(whole)):
+            assert u.shape == v.shape and u.dtype == v.dtype, name
+            np.testing.assert_array_equal(u, v, err_msg=name)
+
+
+def test_blockwise_returns_shapes_of_the_leading_axes_and_runs_small_inputs_whole():
+    calls = []
+
+    def f(a, b):
+        calls.append(a.shape)
+        return a + b, a.sum(axis=-1, keepdims=True)
+    a = np.ones((4, 5, 6))
+    s, t = Ly.blockwise(f, a, a)
+    assert calls == [(4, 5, 6)] and s.shape == (4, 5, 6) and t.shape == (4, 5, 1)
+    old = Ly.BLOCK_ELEMENTS
+    try:
+        Ly.BLOCK_ELEMENTS = 12                                  # 2 rows of 6 per block
+        calls.clear()
+        s2, t2 = Ly.blockwise(f, a, a)
+    finally:
+        Ly.BLOCK_ELEMENTS = old
+    assert len(calls) == 10 and all(c == (2, 6) for c in calls)
+    np.testing.assert_array_equal(s2, s)
+    np.testing.assert_array_equal(t2, t)
