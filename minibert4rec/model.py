@@ -213,10 +213,11 @@ def cross_entropy_backward(dloss, cache):
 
 
 EXP_SAFE = 60.0   # |logit| bound below which exp() needs no max-subtraction (e^60 * V << float32 max)
+TILE_ELEMENTS = 1 << 18   # logits per tile of the fused head: 1 MB of float32, stays in the cache
 
 
-def tied_output_loss(n, E, out_bias, targets, weights=None, chunk=1024):
-    """Fused 13+14 for training: logits, loss AND their gradients, chunk by chunk.
+def tied_output_loss(n, E, out_bias, targets, weights=None, chunk=1024, tile=TILE_ELEMENTS):
+    """Fused 13+14 for training: logits, loss AND their gradients, tile by tile.
 
     n: (M, D)  E: (V, D)  out_bias: (V,)  targets: (M,)  weights: (M,) or None
     Returns loss, dn (M, D), dE (V, D), dout_bias (V,)  (gradients for dloss = 1).
@@ -224,28 +225,35 @@ def tied_output_loss(n, E, out_bias, targets, weights=None, chunk=1024):
     The same numbers as tied_logits_forward -> cross_entropy_forward -> their
     backwards, but arranged so that the big (m, V) block of logits is touched
     as few times as possible; with V = 54,546 that block, not the encoder, is
-    where a BERT4Rec step spends its time. Per chunk of m rows:
+    where a BERT4Rec step spends its time. For a chunk of m rows, the
+    vocabulary is cut into tiles of w columns (m x w ~ ``tile`` elements, small
+    enough to stay in the cache), and for every tile:
 
-      z   = [n | 1] @ [E | b]^T          logits, bias folded into the matmul  (m, V)
-      z   = exp(z)                       in place (max-subtraction only if needed)
-      [zE | total] = z @ [E | 1]         one matmul gives z E and the row sums (m, D+1)
-      with a = w / (denom * total) and c = w / denom (per row), the gradient
-      dlogits = a * z - c * onehot(target) is never formed:
+      z   = [n | 1] @ [E | b]^T          logits, bias folded into the matmul  (m, w)
+      z   = exp(z)                       in place, while the tile is in the cache
+      [zE | total] += z @ [E | 1]        one matmul adds z E and the row sums (m, D+1)
+
+    then, once the row sums are known, with a = w / (denom * total) and
+    c = w / denom (per row), the gradient dlogits = a * z - c * onehot(target)
+    is never formed:
+
       dn  = a * zE - c * E[target]                                          (m, D)
-      [dE | db] = z^T @ [a n | a]  minus c [n | 1] at the target rows       (V, D+1)
+      [dE | db] = z^T @ [a n | a], tile by tile, minus c [n | 1] at the target rows
 
-    so z is written once, exponentiated once and read twice, by BLAS. It
-    never holds more than ``chunk`` rows of logits (a full (M, V) float32
-    matrix would be hundreds of MB). llm.c calls this a fused classifier.
+    so z is written once by BLAS, exponentiated in the cache, and read back
+    once. exp() needs no max-subtraction when every logit is bounded (checked
+    per chunk; otherwise a first pass finds each row's maximum). llm.c calls
+    this a fused classifier.
     """
     M, D = n.shape
+    V = E.shape[0]
     dtype = n.dtype
     if weights is None:
         weights = np.ones(M, dtype=dtype)
     denom = weights.sum() + LOSS_EPS
     c_all = (weights / denom).astype(dtype)                                  # (M,)
     Eb = np.concatenate([E, out_bias[:, None]], axis=1)                      # (V, D+1) [E | b]
-    E1 = np.concatenate([E, np.ones((E.shape[0], 1), dtype)], axis=1)        # (V, D+1) [E | 1]
+    E1 = np.concatenate([E, np.ones((V, 1), dtype)], axis=1)                 # (V, D+1) [E | 1]
     n1 = np.concatenate([n, np.ones((M, 1), dtype)], axis=1)                 # (M, D+1) [n | 1]
     # exp() is safe without subtracting the row max when every logit is
     # bounded by EXP_SAFE (Cauchy-Schwarz: |n.E_j + b_j| <= |n| max|E_j| + max|b|)
@@ -256,45 +264,56 @@ def tied_output_loss(n, E, out_bias, targets, weights=None, chunk=1024):
     dEb = np.empty_like(Eb)                                                  # (V, D+1) [dE | db]
     loss = 0.0
     for s in range(0, M, chunk):
-        e = slice(s, min(s + chunk, M))
-        z = np.matmul(n1[e], Eb.T, out=_logits_buffer(e.stop - e.start, Eb.shape[0], dtype))
-        bound = np.linalg.norm(n[e], axis=1) * e_norm
-        if bound.max() > EXP_SAFE or target_logits[e].min() < -EXP_SAFE:
-            shift = z.max(axis=1, keepdims=True)                             # (m, 1)
-            z -= shift
-        else:
-            shift = np.zeros((z.shape[0], 1), dtype)
-        _exp_inplace(z)                                                      # unnormalised probs
-        zE1 = z @ E1                                                         # (m, D+1)
+        rows = slice(s, min(s + chunk, M))
+        m = rows.stop - rows.start
+        n1_c, c = n1[rows], c_all[rows]
+        w = max(1, tile // m)                                                # tile width,
+        w -= w % 64 if w > 64 else 0                                         # BLAS-aligned
+        tiles = [slice(v, min(v + w, V)) for v in range(0, V, w)]
+        buf = _logits_buffer(m * V, dtype)                                   # the (m, V) logits
+        z_of = [buf[m * t.start:m * t.stop].reshape(m, t.stop - t.start) for t in tiles]
+        shift = None
+        if (np.linalg.norm(n[rows], axis=1).max() * e_norm > EXP_SAFE
+                or target_logits[rows].min() < -EXP_SAFE):
+            shift = np.full(m, -np.inf, dtype)                               # (m,) row maxima
+            for t, z in zip(tiles, z_of):
+                np.maximum(shift, np.matmul(n1_c, Eb[t].T, out=z).max(axis=1), out=shift)
+        zE1 = np.zeros((m, D + 1), dtype)                                    # [z E | row sums]
+        for t, z in zip(tiles, z_of):
+            np.matmul(n1_c, Eb[t].T, out=z)                                  # (m, w)
+            if shift is not None:
+                z -= shift[:, None]
+            _exp_inplace(z)                                                  # unnormalised probs
+            zE1 += z @ E1[t]
         total = zE1[:, D]                                                    # (m,) row sums
-        log_p_t = target_logits[e] - shift[:, 0] - np.log(total)             # log softmax at target
-        loss -= float(np.dot(c_all[e], log_p_t))
-        a = c_all[e] / total                                                 # (m,)
-        c = c_all[e]
-        t = targets[e]
-        dn[e] = a[:, None] * zE1[:, :D] - c[:, None] * E[t]
-        if s == 0:
-            np.matmul(z.T, n1[e] * a[:, None], out=dEb)                     # (V, D+1)
-        else:
-            dEb += z.T @ (n1[e] * a[:, None])
-        np.add.at(dEb, t, -(c[:, None] * n1[e]))                             # the one-hot part
+        log_p_t = target_logits[rows] - np.log(total) - (0 if shift is None else shift)
+        loss -= float(np.dot(c, log_p_t))
+        a = c / total                                                        # (m,)
+        dn[rows] = a[:, None] * zE1[:, :D] - c[:, None] * E[targets[rows]]
+        na = n1_c * a[:, None]                                               # (m, D+1)
+        for t, z in zip(tiles, z_of):
+            if s == 0:
+                np.matmul(z.T, na, out=dEb[t])                               # (w, D+1)
+            else:
+                dEb[t] += z.T @ na
+        np.add.at(dEb, targets[rows], -(c[:, None] * n1_c))                  # the one-hot part
     return loss, dn, dEb[:, :D].copy(), dEb[:, D].copy()
 
 
 _BUFFER = {}
 
 
-def _logits_buffer(m, V, dtype):
-    """A reused (m, V) scratch block for the logits.
+def _logits_buffer(size, dtype):
+    """A reused flat scratch block of ``size`` elements for the logits tiles.
 
     Writing into fresh memory is slow (the operating system maps every page
     on first touch: ~40 % of the logits matmul here), so the block is kept
-    between calls: ONE buffer per dtype, at most chunk x V, never growing.
+    between calls: ONE buffer per dtype, grown to the largest chunk x V seen.
     """
     buf = _BUFFER.get(np.dtype(dtype))
-    if buf is None or buf.shape[1] != V or buf.shape[0] < m:
-        buf = _BUFFER[np.dtype(dtype)] = np.empty((max(m, 1), V), dtype=dtype)
-    return buf[:m]
+    if buf is None or buf.size < size:
+        buf = _BUFFER[np.dtype(dtype)] = np.empty(max(size, 1), dtype=dtype)
+    return buf[:size]
 
 
 def _exp_inplace(z):

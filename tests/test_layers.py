@@ -179,16 +179,21 @@ def test_layers_keep_float32():
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_fused_training_loss_equals_the_layer_pairs(dtype):
+@pytest.mark.parametrize("tile", [Mo.TILE_ELEMENTS, 12])          # one tile; 6 tiles of 4 columns
+@pytest.mark.parametrize("scale", [1.0, 30.0])                    # 30: logits ~ +-200 need the shift
+def test_fused_training_loss_equals_the_layer_pairs(dtype, tile, scale):
     M, Dm, V = 7, 8, 23
-    n = rng.standard_normal((M, Dm)).astype(dtype)
+    n = scale * rng.standard_normal((M, Dm)).astype(dtype)
     E = rng.standard_normal((V, Dm)).astype(dtype)
     b = rng.standard_normal(V).astype(dtype)
     t = rng.integers(0, V, M)
     w = np.array([1, 1, 1, 0, 1, 1, 0], dtype=dtype)
-    loss, dn, dE, db = Mo.tied_output_loss(n, E, b, t, w, chunk=3)
-    logits, c1 = Mo.tied_logits_forward(n, E, b)
-    loss2, c2 = Mo.cross_entropy_forward(logits, t, w)
+    loss, dn, dE, db = Mo.tied_output_loss(n, E, b, t, w, chunk=3, tile=tile)
+    assert np.isfinite(loss)
+    # the reference: the layer pairs, in float64 (float32's softmax would underflow at scale 30)
+    n64, E64, b64, w64 = (x.astype(np.float64) for x in (n, E, b, w))
+    logits, c1 = Mo.tied_logits_forward(n64, E64, b64)
+    loss2, c2 = Mo.cross_entropy_forward(logits, t, w64)
     dn2, dE2, db2 = Mo.tied_logits_backward(Mo.cross_entropy_backward(1.0, c2)[0], c1)
     rtol = 1e-4 if dtype == np.float32 else 1e-10
     assert loss == pytest.approx(loss2, rel=rtol)
