@@ -393,8 +393,8 @@ class BERT4Rec:
             dx, grads["pos_emb"] = learned_position_backward(dx, c_pos)
         elif cfg.position == "sinusoidal":
             (dx,) = sinusoidal_position_backward(dx, c_pos)
-        (dE,) = embedding_backward(dx, c_emb)
-        grads["item_emb"] += dE        # tied: the output layer's share is already there
+        # tied: the output layer's share is already in grads["item_emb"]; add this one to it
+        embedding_backward(dx, c_emb, out=grads["item_emb"])
 
     # -- training: loss and gradients --------------------------------------------------
 

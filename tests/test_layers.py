@@ -88,6 +88,10 @@ def test_embedding_accumulates_repeated_ids_and_skips_padding():
     (dtable,) = Ly.embedding_backward(dout, c)
     assert np.allclose(dtable[2], dout[0, 0] + dout[0, 1] + dout[1, 0])
     assert np.all(dtable[0] == 0) and np.all(dtable[[1, 3]] == 0)
+    tied = rng.standard_normal((5, 3))                     # e.g. the output layer's share
+    buf = tied.copy()
+    (same,) = Ly.embedding_backward(dout, c, out=buf)
+    assert same is buf and np.allclose(buf, tied + dtable)          # added in place
 
 
 def test_dropout_eval_is_identity_and_train_scales():
