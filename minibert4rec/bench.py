@@ -491,7 +491,7 @@ def _run(cfg, steps, warmup, seed, progress, profile, inference, peak, inference
         "achieved_gflops": float(np.median(flops / step_s) / 1e9),
         "achieved_gflops_overall": float(flops.sum() / step_s.sum() / 1e9),
         # process-wide CPU time of the timed steps (all threads): system time and page
-        # faults show the cost of fresh memory (large temporaries are mmap-ed anew each time)
+        # faults show the cost of fresh memory (see threads.keep_freed_memory)
         "cpu_user_s_per_step": (ru1.ru_utime - ru0.ru_utime) / steps,
         "cpu_system_s_per_step": (ru1.ru_stime - ru0.ru_stime) / steps,
         "cpu_utilisation": ((ru1.ru_utime - ru0.ru_utime) + (ru1.ru_stime - ru0.ru_stime)) / step_s.sum(),
@@ -700,7 +700,7 @@ def format_report(r: dict) -> str:
                                    f"{1e3 * r['cpu_system_s_per_step']:.0f} ms ({r['cpu_utilisation']:.2f} "
                                    f"cores busy), {r['page_faults_per_step']:,.0f} page faults"
                                    + ("" if r.get("malloc_keeps_freed_memory") else
-                                      " (malloc returns freed memory: --malloc-default)"))]
+                                      " (malloc returns freed memory to the system)"))]
     width = max(len(k) for k, _ in rows)
     out += [f"{k:<{width}s}  {v}" for k, v in rows]
     if r.get("components"):

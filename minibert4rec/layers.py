@@ -62,6 +62,8 @@ def blockwise(f, *arrays):
     releases the GIL inside its loops); every block is computed the same way
     whichever thread runs it, so the result does not depend on the count.
     """
+    if min(np.ndim(a) for a in arrays) < 2:
+        return f(*arrays)                                        # scalars and vectors: whole
     lead = arrays[0].shape[:-1]
     R = math.prod(lead)
     rows = max(1, BLOCK_ELEMENTS // max(1, max(a.shape[-1] for a in arrays)))
@@ -75,7 +77,7 @@ def blockwise(f, *arrays):
     for o, fo in zip(outs, first):
         o[:rows] = fo
 
-    def run(starts):
+    def run(starts):                                             # one thread's share of blocks
         for s in starts:
             res = f(*(a[s:s + rows] for a in flat))
             for o, r in zip(outs, (res,) if single else res):
@@ -328,7 +330,8 @@ def dropout_forward(x, p, rng=None, train=True):
 
     x: (...) -> out: (...). ``rng`` is a ``numpy.random.Generator`` (seeded by
     the caller, so runs repeat exactly). In eval mode, or with p = 0, it is the
-    identity and consumes no random numbers.
+    identity and consumes no random numbers (the cache is then None).
+    cache: (keep, scale): keep (...) bool, True where x survived; scale = 1/(1-p).
     """
     if not 0.0 <= p < 1.0:
         raise ValueError(f"dropout probability must be in [0, 1), got {p}")

@@ -29,7 +29,6 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from . import threads
 from .encoder import BLOCK_PARAMS, block_backward, block_forward
 from .errors import InputError
 from .layers import (additive_mask, dropout_backward, dropout_forward, embedding_backward,
@@ -223,31 +222,35 @@ def tied_output_loss(n, E, out_bias, targets, weights=None, chunk=1024, tile=TIL
     Returns loss, dn (M, D), dE (V, D), dout_bias (V,)  (gradients for dloss = 1).
 
     The same numbers as tied_logits_forward -> cross_entropy_forward -> their
-    backwards, but arranged so that the big (m, V) block of logits is touched
+    backwards, but arranged so that the big (M, V) block of logits is touched
     as few times as possible; with V = 54,546 that block, not the encoder, is
-    where a BERT4Rec step spends its time. For a chunk of m rows, the
-    vocabulary is cut into tiles of w columns (m x w ~ ``tile`` elements, small
-    enough to stay in the cache), and for every tile:
+    where a BERT4Rec step spends its time. Rows are taken ``chunk`` at a time
+    (memory: chunk x V logits at most). For a chunk of m rows, the vocabulary
+    is cut into tiles of ``width`` columns (m x width ~ ``tile`` elements,
+    small enough to stay in the cache), and for every tile:
 
-      z   = [n | 1] @ [E | b]^T          logits, bias folded into the matmul  (m, w)
+      z   = [n | 1] @ [E | b]^T          logits, bias folded into the matmul  (m, width)
       z   = exp(z)                       in place, while the tile is in the cache
       [zE | total] += z @ [E | 1]        one matmul adds z E and the row sums (m, D+1)
 
-    then, once the row sums are known, with a = w / (denom * total) and
-    c = w / denom (per row), the gradient dlogits = a * z - c * onehot(target)
-    is never formed:
+    Then, once the row sums are known, with per-row a = w / (denom * total) and
+    c = w / denom (w the slot's weight), the gradient
+    dlogits = a * z - c * onehot(target) is never formed:
 
       dn  = a * zE - c * E[target]                                          (m, D)
       [dE | db] = z^T @ [a n | a], tile by tile, minus c [n | 1] at the target rows
 
-    so z is written once by BLAS, exponentiated in the cache, and read back
+    so z is written once by BLAS, exponentiated in the cache and read back
     once. exp() needs no max-subtraction when every logit is bounded (checked
-    per chunk; otherwise a first pass finds each row's maximum). llm.c calls
-    this a fused classifier.
+    per chunk; otherwise a first pass computes the logits and each row's
+    maximum). llm.c calls this a fused classifier. Not thread-safe: the logits
+    live in one module-level buffer reused between calls.
     """
     M, D = n.shape
     V = E.shape[0]
     dtype = n.dtype
+    if M == 0:
+        return 0.0, np.zeros_like(n), np.zeros_like(E), np.zeros_like(out_bias)
     if weights is None:
         weights = np.ones(M, dtype=dtype)
     denom = weights.sum() + LOSS_EPS
@@ -258,7 +261,8 @@ def tied_output_loss(n, E, out_bias, targets, weights=None, chunk=1024, tile=TIL
     # exp() is safe without subtracting the row max when every logit is
     # bounded by EXP_SAFE (Cauchy-Schwarz: |n.E_j + b_j| <= |n| max|E_j| + max|b|)
     # and the target's logit is not tiny (so the row sum cannot underflow).
-    e_norm = float(np.sqrt((E * E).sum(axis=1)).max()) + float(np.abs(out_bias).max())
+    e_max = float(np.sqrt((E * E).sum(axis=1)).max())
+    b_max = float(np.abs(out_bias).max())
     target_logits = np.einsum("md,md->m", n1, Eb[targets])                   # (M,)
     dn = np.empty_like(n)
     dEb = np.empty_like(Eb)                                                  # (V, D+1) [dE | db]
@@ -267,23 +271,25 @@ def tied_output_loss(n, E, out_bias, targets, weights=None, chunk=1024, tile=TIL
         rows = slice(s, min(s + chunk, M))
         m = rows.stop - rows.start
         n1_c, c = n1[rows], c_all[rows]
-        w = max(1, tile // m)                                                # tile width,
-        w -= w % 64 if w > 64 else 0                                         # BLAS-aligned
-        tiles = [slice(v, min(v + w, V)) for v in range(0, V, w)]
+        width = max(1, tile // m)
+        width -= width % 64 if width > 64 else 0                             # BLAS-aligned
+        tiles = [slice(v, min(v + width, V)) for v in range(0, V, width)]
         buf = _logits_buffer(m * V, dtype)                                   # the (m, V) logits
         z_of = [buf[m * t.start:m * t.stop].reshape(m, t.stop - t.start) for t in tiles]
-        shift = None
-        if (np.linalg.norm(n[rows], axis=1).max() * e_norm > EXP_SAFE
+        shift = None                                                         # (m,) row maxima
+        if (np.linalg.norm(n[rows], axis=1).max() * e_max + b_max > EXP_SAFE
                 or target_logits[rows].min() < -EXP_SAFE):
-            shift = np.full(m, -np.inf, dtype)                               # (m,) row maxima
+            shift = np.full(m, -np.inf, dtype)
             for t, z in zip(tiles, z_of):
-                np.maximum(shift, np.matmul(n1_c, Eb[t].T, out=z).max(axis=1), out=shift)
+                np.matmul(n1_c, Eb[t].T, out=z)
+                np.maximum(shift, z.max(axis=1), out=shift)
         zE1 = np.zeros((m, D + 1), dtype)                                    # [z E | row sums]
         for t, z in zip(tiles, z_of):
-            np.matmul(n1_c, Eb[t].T, out=z)                                  # (m, w)
-            if shift is not None:
-                z -= shift[:, None]
-            _exp_inplace(z)                                                  # unnormalised probs
+            if shift is None:
+                np.matmul(n1_c, Eb[t].T, out=z)                              # (m, width)
+            else:
+                z -= shift[:, None]                                          # logits already there
+            np.exp(z, out=z)                                                 # unnormalised probs
             zE1 += z @ E1[t]
         total = zE1[:, D]                                                    # (m,) row sums
         log_p_t = target_logits[rows] - np.log(total) - (0 if shift is None else shift)
@@ -293,7 +299,7 @@ def tied_output_loss(n, E, out_bias, targets, weights=None, chunk=1024, tile=TIL
         na = n1_c * a[:, None]                                               # (m, D+1)
         for t, z in zip(tiles, z_of):
             if s == 0:
-                np.matmul(z.T, na, out=dEb[t])                               # (w, D+1)
+                np.matmul(z.T, na, out=dEb[t])                               # (width, D+1)
             else:
                 dEb[t] += z.T @ na
         np.add.at(dEb, targets[rows], -(c[:, None] * n1_c))                  # the one-hot part
@@ -314,17 +320,6 @@ def _logits_buffer(size, dtype):
     if buf is None or buf.size < size:
         buf = _BUFFER[np.dtype(dtype)] = np.empty(max(size, 1), dtype=dtype)
     return buf[:size]
-
-
-def _exp_inplace(z):
-    """np.exp(z, out=z), rows shared between threads (NumPy releases the GIL inside ufuncs)."""
-    rows = z.shape[0]
-    step = max(1, -(-rows // max(1, threads.ELEMENTWISE_THREADS)))
-    if rows < 64:
-        np.exp(z, out=z)
-        return
-    threads.run_split(lambda starts: [np.exp(z[s:s + step], out=z[s:s + step]) for s in starts],
-                      range(0, rows, step))
 
 
 # ----------------------------------------------------------------------------

@@ -18,8 +18,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import threads
-
-BLOCK = 1 << 16   # elements per block of the update (256 KB of float32: stays in the L2 cache)
+from .layers import BLOCK_ELEMENTS
 
 
 def decays(name: str) -> bool:
@@ -73,13 +72,19 @@ class AdamWeightDecay:
         norm = clip_by_global_norm(grads, self.clip_norm)
         lr = self.current_lr()
         for k, p in params.items():
-            flat = [a.reshape(-1) for a in (p, grads[k], self.m[k], self.v[k])]   # views
+            arrays = (p, grads[k], self.m[k], self.v[k])
             decay = self.weight_decay if decays(k) else 0.0
-            # the item table has 3.5 M entries: updated in cache-sized blocks (see
-            # layers.blockwise), each element exactly as in the formula above
-            starts = range(0, flat[0].size, BLOCK)
-            threads.run_split(lambda part: [self._update(*(a[s:s + BLOCK] for a in flat), lr, decay)
-                                            for s in part], starts)
+            if not all(a.flags.c_contiguous for a in (p, self.m[k], self.v[k])):
+                self._update(*arrays, lr, decay)             # (never in this package) whole
+                continue
+            # the item table has 3.5 M entries: it is updated in cache-sized
+            # blocks (see layers.blockwise), every element as in _update
+            flat = [a.reshape(-1) for a in arrays]          # views of p, m, v (contiguous)
+
+            def update_blocks(starts, flat=flat, decay=decay):
+                for s in starts:
+                    self._update(*(a[s:s + BLOCK_ELEMENTS] for a in flat), lr, decay)
+            threads.run_split(update_blocks, range(0, p.size, BLOCK_ELEMENTS))
         self.step_count += 1
         return norm
 

@@ -1,5 +1,6 @@
-"""Process-wide speed settings: how many threads BLAS may use, and how malloc
-keeps freed memory.
+"""Process-wide speed settings: how many threads BLAS may use, a two-way split
+of element-wise work between threads (run_split), and how malloc keeps freed
+memory (keep_freed_memory).
 
 Threads: how many threads BLAS (OpenBLAS, NumPy's default) may use, changed at run time.
 
@@ -11,36 +12,63 @@ with 2 threads against 389 ms with 1 on a loaded machine); on an idle machine
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
+import threading
 
-# How many threads element-wise work may use (model._exp_inplace reads it);
-# blas_thread_limit sets it together with BLAS's own count.
+# How many threads element-wise work may use (run_split reads it: layers.blockwise
+# and the optimizer's blocked update); blas_thread_limit sets it with BLAS's count.
 ELEMENTWISE_THREADS = 2
 
-_POOL = None
+_POOL, _POOL_SIZE = None, 0
+_LOCAL = threading.local()          # .busy: this thread is inside run_split (no nesting)
+
+
+def _reset_pool_after_fork():
+    global _POOL, _POOL_SIZE
+    _POOL, _POOL_SIZE = None, 0      # a forked child inherits the pool but not its threads
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reset_pool_after_fork)
 
 
 def run_split(work, items):
     """work(part) for the items split into ELEMENTWISE_THREADS contiguous parts, in parallel.
 
-    The calling thread takes the first part; a worker pool (created once) the
-    others. Returns when all parts are done; an exception in any part is raised.
+    The calling thread takes the first part, a worker pool the others. Returns
+    when every part is done (also when one raises: the first exception is then
+    re-raised). A call from inside a part runs inline (no deadlock on the pool).
+    Parts must write to disjoint memory; then the result cannot depend on the
+    number of threads.
     """
-    global _POOL
+    global _POOL, _POOL_SIZE
     items = list(items)
     n = min(ELEMENTWISE_THREADS, len(items))
-    if n < 2:
+    if n < 2 or getattr(_LOCAL, "busy", False):
         work(items)
         return
-    if _POOL is None:
+    if _POOL is None or _POOL_SIZE < n - 1:
         from concurrent.futures import ThreadPoolExecutor
-        _POOL = ThreadPoolExecutor(max(2, ELEMENTWISE_THREADS) - 1)
+        _POOL, _POOL_SIZE = ThreadPoolExecutor(n - 1), n - 1
+
+    def guarded(part):
+        _LOCAL.busy = True
+        try:
+            work(part)
+        finally:
+            _LOCAL.busy = False
+
     k = -(-len(items) // n)
     parts = [items[i:i + k] for i in range(0, len(items), k)]
-    futures = [_POOL.submit(work, part) for part in parts[1:]]
-    work(parts[0])
+    futures = [_POOL.submit(guarded, part) for part in parts[1:]]
+    try:
+        guarded(parts[0])
+    finally:
+        from concurrent.futures import wait
+        wait(futures)                # never return while a worker still writes
     for fut in futures:
-        fut.result()
+        fut.result()                 # re-raise a worker's exception
 
 
 _BLAS_GET = ("scipy_openblas_get_num_threads64_", "scipy_openblas_get_num_threads",
@@ -111,13 +139,16 @@ def keep_freed_memory() -> bool:
     pages and the kernel must fault in and zero every 4 KB page on first touch
     (bench saw 45,000 page faults a step on ML-1m). Here we ask malloc to serve
     all blocks from its heap (M_MMAP_MAX = 0) and never to shrink it
-    (M_TRIM_THRESHOLD = 1 GB): freed blocks are reused as they are, already
-    mapped. Measured with ``bench`` (README, Performance): a fresh
-    ``x * y`` of 20 MB took 7.8 ms against 2.5 ms once memory is kept.
+    (M_TRIM_THRESHOLD = 1 GB: it gives back only free space above that) and to
+    grow it 64 MB at a time (M_TOP_PAD): freed blocks are reused as they are,
+    already mapped. Measured here: a fresh ``x * x`` of 20 MB took 7.8 ms,
+    2.5 ms once memory is kept; ``bench --malloc-default`` shows the effect on
+    a whole training step.
 
-    The cost: the process keeps its peak heap for its lifetime (``bench``
-    reports the peak resident memory). Process-wide and not undone; a no-op
-    that returns False where malloc is not glibc's (macOS, Windows, musl).
+    The cost: the process keeps its peak heap (``bench`` reports the peak
+    resident memory). Process-wide and not undone (``train`` and ``bench``
+    call it). A no-op that returns False where malloc is not glibc's (macOS,
+    Windows, musl); if glibc refuses a setting, the ones already applied stay.
     """
     global _MEMORY_KEPT
     if _MEMORY_KEPT:

@@ -98,7 +98,7 @@ def test_dropout_eval_is_identity_and_train_scales():
     x = rng.standard_normal((200, 50))
     y, _ = Ly.dropout_forward(x, 0.3, np.random.default_rng(0), train=False)
     assert y is x
-    y, mask = Ly.dropout_forward(np.ones((200, 50)), 0.3, np.random.default_rng(0), train=True)
+    y, cache = Ly.dropout_forward(np.ones((200, 50)), 0.3, np.random.default_rng(0), train=True)
     assert np.allclose(np.unique(y), [0.0, 1 / 0.7])
     assert abs((y == 0).mean() - 0.3) < 0.02 and abs(y.mean() - 1) < 0.03
     y2, _ = Ly.dropout_forward(np.ones((200, 50)), 0.3, np.random.default_rng(0), train=True)
@@ -183,7 +183,7 @@ def test_layers_keep_float32():
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("tile", [Mo.TILE_ELEMENTS, 12])          # one tile; 6 tiles of 4 columns
+@pytest.mark.parametrize("tile", [Mo.TILE_ELEMENTS, 12])   # one tile; ragged tiles of 4 and 12 columns
 @pytest.mark.parametrize("scale", [1.0, 30.0])                    # 30: logits ~ +-200 need the shift
 def test_fused_training_loss_equals_the_layer_pairs(dtype, tile, scale):
     M, Dm, V = 7, 8, 23
@@ -244,6 +244,8 @@ def test_blocked_layers_equal_the_whole_array_formulas_bit_for_bit(monkeypatch, 
         "gelu erf": lambda: Ly.gelu_backward(d, Ly.gelu_forward(x, "erf")[1])[0],
         "gelu erf fwd": lambda: Ly.gelu_forward(x, "erf")[0],
         "gelu tanh": lambda: Ly.gelu_backward(d, Ly.gelu_forward(x, "tanh")[1])[0],
+        "gelu tanh fwd": lambda: Ly.gelu_forward(x, "tanh")[0],
+        "non-contiguous input": lambda: Ly.softmax_forward(x.swapaxes(1, 2))[0],
         "dropout": lambda: Ly.dropout_backward(
             d, Ly.dropout_forward(x, 0.3, np.random.default_rng(1))[1])[0],
         "dropout fwd": lambda: Ly.dropout_forward(x, 0.3, np.random.default_rng(1))[0],
@@ -275,3 +277,34 @@ def test_blockwise_returns_shapes_of_the_leading_axes_and_runs_small_inputs_whol
     assert len(calls) == 10 and all(c == (2, 6) for c in calls)
     np.testing.assert_array_equal(s2, s)
     np.testing.assert_array_equal(t2, t)
+
+
+def test_blockwise_takes_scalars_vectors_and_empty_arrays_whole(monkeypatch):
+    monkeypatch.setattr(Ly, "BLOCK_ELEMENTS", 4)
+    assert Ly.gelu_forward(np.float64(1.0))[0] == pytest.approx(0.8413447460685429)
+    v = np.linspace(-3, 3, 50)
+    np.testing.assert_array_equal(Ly.gelu_forward(v)[0], _whole(lambda: Ly.gelu_forward(v)[0]))
+    assert Ly.softmax_forward(np.zeros((0, 5)))[0].shape == (0, 5)
+
+
+def test_run_split_waits_for_every_part_and_reraises(monkeypatch):
+    import threading
+    import time
+    from minibert4rec import threads
+    monkeypatch.setattr(threads, "ELEMENTWISE_THREADS", 2)
+    done = []
+
+    def work(part):
+        if 0 in part:
+            raise RuntimeError("boom")                     # the calling thread's part fails
+        time.sleep(0.05)
+        done.append(threading.current_thread().name)       # the worker's part finishes later
+    with pytest.raises(RuntimeError, match="boom"):
+        threads.run_split(work, range(4))
+    assert len(done) == 1                                  # ... and was waited for
+
+    def nested(part):                                      # a part that splits again runs inline
+        threads.run_split(lambda inner: done.extend(inner), [10 * p for p in part])
+    done.clear()
+    threads.run_split(nested, range(4))
+    assert sorted(done) == [0, 10, 20, 30]
