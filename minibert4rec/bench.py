@@ -178,14 +178,13 @@ EMB = "embeddings: lookup, position, mask"
 LN = "LayerNorm + residual + dropout"
 HEAD = "output head: gather + transform"
 LOGITS = "output logits + loss (fused)"
-LOGITS_EXP = "output logits + loss: exp (fused)"
 OPT_CLIP = "optimizer: clip by global norm"
 OPT_UPDATE = "optimizer: AdamWeightDecay update"
 OTHER = "other (Python glue, untimed)"
 
 #: Table rows in report order.
 COMPONENTS = (EMB, PROJ, SCORES, SOFTMAX, ATT_DROP, FFN_MM, FFN_GELU, LN, HEAD, LOGITS,
-              LOGITS_EXP, OPT_CLIP, OPT_UPDATE, OTHER)
+              OPT_CLIP, OPT_UPDATE, OTHER)
 
 
 def forward_flops(B, T, M, D, L, H, F, V) -> dict:
@@ -252,7 +251,6 @@ PATCHES = (
     ("minibert4rec.model", "head_transform_forward", HEAD, FWD, True),
     ("minibert4rec.model", "head_transform_backward", HEAD, BWD, True),
     ("minibert4rec.model", "tied_output_loss", LOGITS, FUSED, False),
-    ("minibert4rec.model", "_exp_inplace", LOGITS_EXP, FUSED, False),
     ("minibert4rec.encoder", "mha_forward", PROJ, FWD, False),      # own: weight concat, head split/merge
     ("minibert4rec.encoder", "mha_backward", PROJ, BWD, False),
     ("minibert4rec.encoder", "residual_layernorm_forward", LN, FWD, False),
@@ -581,10 +579,7 @@ def _component_table(prof, total_s, n_steps, shapes, model) -> list:
         if total == 0.0 and comp not in (OTHER,) and comp not in flops:
             continue
         gflop = flops.get(comp, 0.0)
-        if comp == LOGITS:                       # the exp row belongs to the same fused call
-            t_all = total + 1e3 * prof.times.get((LOGITS_EXP, FUSED), 0.0) / n_steps
-        else:
-            t_all = total
+        t_all = total
         rows.append({"component": comp, "forward_ms": per[FWD], "backward_ms": per[BWD],
                      "fused_ms": per[FUSED], "step_ms": per[STEP], "total_ms": total,
                      "share": total / (1e3 * total_s / n_steps) if total_s else 0.0,
@@ -722,9 +717,8 @@ def format_report(r: dict) -> str:
         out += ["-" * len(head), f"{'total':<{name_w}s} {'':9s} {'':9s} {'':9s} {tot:9.2f} {'100.0%':>6s}",
                 "The fused output function computes logits, softmax cross-entropy and their "
                 "gradients in one pass,",
-                "so its forward and backward cannot be timed apart; its exp() is a row of its own "
-                "(the GFLOP/s of",
-                "the logits row counts both rows' time)."]
+                "so its forward and backward cannot be timed apart (its exp() runs tile by tile "
+                "inside it)."]
         if r.get("unprofiled_names"):
             out.append("not found in the library (not timed): " + ", ".join(r["unprofiled_names"]))
     load = r.get("load_average_start")
