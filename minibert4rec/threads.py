@@ -2,7 +2,7 @@
 of element-wise work between threads (run_split), and how malloc keeps freed
 memory (keep_freed_memory).
 
-Threads: how many threads BLAS (OpenBLAS, NumPy's default) may use, changed at run time.
+BLAS (OpenBLAS, NumPy's default) threads are changed at run time.
 
 On 2 cores shared with other work, two BLAS threads that wait for each other
 can be several times SLOWER than one (bench measured Beauty steps of 760 ms
@@ -15,6 +15,7 @@ import contextlib
 import os
 import sys
 import threading
+from concurrent.futures import ThreadPoolExecutor, wait
 
 # How many threads element-wise work may use (run_split reads it: layers.blockwise
 # and the optimizer's blocked update); blas_thread_limit sets it with BLAS's count.
@@ -49,7 +50,6 @@ def run_split(work, items):
         work(items)
         return
     if _POOL is None or _POOL_SIZE < n - 1:
-        from concurrent.futures import ThreadPoolExecutor
         _POOL, _POOL_SIZE = ThreadPoolExecutor(n - 1), n - 1
 
     def guarded(part):
@@ -65,7 +65,6 @@ def run_split(work, items):
     try:
         guarded(parts[0])
     finally:
-        from concurrent.futures import wait
         wait(futures)                # never return while a worker still writes
     for fut in futures:
         fut.result()                 # re-raise a worker's exception
