@@ -379,7 +379,8 @@ def blas_info() -> str:
     except Exception:                                         # older NumPy: no mode="dicts"
         text = "unknown BLAS"
     env = [f"{k}={os.environ[k]}" for k in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS",
-                                             "MKL_NUM_THREADS") if k in os.environ]
+                                             "MKL_NUM_THREADS", "OPENBLAS_THREAD_TIMEOUT")
+           if k in os.environ]
     return text + (f", {', '.join(env)}" if env else "")
 
 

@@ -36,6 +36,7 @@ from .layers import (additive_mask, dropout_backward, dropout_forward, embedding
                      layernorm_forward, learned_position_backward, learned_position_forward,
                      linear_backward, linear_forward, sinusoidal_position_backward,
                      sinusoidal_position_forward, sinusoidal_table, softmax_forward)
+from .threads import run_split_blas
 
 PAD = 0
 LOSS_EPS = 1e-5   # the authors' denominator: sum(weights) + 1e-5
@@ -213,6 +214,7 @@ def cross_entropy_backward(dloss, cache):
 
 EXP_SAFE = 60.0   # |logit| bound below which exp() needs no max-subtraction (e^60 * V << float32 max)
 TILE_ELEMENTS = 1 << 18   # logits per tile of the fused head: 1 MB of float32, stays in the cache
+HEAD_GROUPS = 2           # the head's tiles in this many groups, one per thread (threads.run_split_blas)
 
 
 def tied_output_loss(n, E, out_bias, targets, weights=None, chunk=1024, tile=TILE_ELEMENTS):
@@ -241,7 +243,10 @@ def tied_output_loss(n, E, out_bias, targets, weights=None, chunk=1024, tile=TIL
       [dE | db] = z^T @ [a n | a], tile by tile, minus c [n | 1] at the target rows
 
     so z is written once by BLAS, exponentiated in the cache and read back
-    once. exp() needs no max-subtraction when every logit is bounded (checked
+    once. The tiles fall into HEAD_GROUPS groups that two threads work through
+    side by side, one BLAS thread each (threads.run_split_blas): these skinny
+    products (one side D + 1 = 65 wide) keep two BLAS threads half idle, and
+    the exp between them would otherwise run on one core. exp() needs no max-subtraction when every logit is bounded (checked
     per chunk; otherwise a first pass computes the logits and each row's
     maximum). llm.c calls this a fused classifier. Not thread-safe: the logits
     live in one module-level buffer reused between calls.
@@ -276,32 +281,57 @@ def tied_output_loss(n, E, out_bias, targets, weights=None, chunk=1024, tile=TIL
         tiles = [slice(v, min(v + width, V)) for v in range(0, V, width)]
         buf = _logits_buffer(m * V, dtype)                                   # the (m, V) logits
         z_of = [buf[m * t.start:m * t.stop].reshape(m, t.stop - t.start) for t in tiles]
+        # The tiles in HEAD_GROUPS contiguous groups, each with its own partial
+        # sums; the groups run side by side on two threads (one BLAS thread
+        # each) when there are two, one after the other otherwise: the same
+        # sums, in the same order, either way.
+        k = -(-len(tiles) // HEAD_GROUPS)
+        groups = [range(g, min(g + k, len(tiles))) for g in range(0, len(tiles), k)]
         shift = None                                                         # (m,) row maxima
         if (np.linalg.norm(n[rows], axis=1).max() * e_max + b_max > EXP_SAFE
                 or target_logits[rows].min() < -EXP_SAFE):
-            shift = np.full(m, -np.inf, dtype)
-            for t, z in zip(tiles, z_of):
-                np.matmul(n1_c, Eb[t].T, out=z)
-                np.maximum(shift, z.max(axis=1), out=shift)
-        zE1 = np.zeros((m, D + 1), dtype)                                    # [z E | row sums]
-        for t, z in zip(tiles, z_of):
-            if shift is None:
-                np.matmul(n1_c, Eb[t].T, out=z)                              # (m, width)
-            else:
-                z -= shift[:, None]                                          # logits already there
-            np.exp(z, out=z)                                                 # unnormalised probs
-            zE1 += z @ E1[t]
+            maxima = np.full((len(groups), m), -np.inf, dtype)
+
+            def logits_and_maxima(part):
+                for g in part:
+                    for i in groups[g]:
+                        np.matmul(n1_c, Eb[tiles[i]].T, out=z_of[i])
+                        np.maximum(maxima[g], z_of[i].max(axis=1), out=maxima[g])
+
+            run_split_blas(logits_and_maxima, range(len(groups)))
+            shift = maxima.max(axis=0)
+        partial = np.zeros((len(groups), m, D + 1), dtype)                   # [z E | row sums] per group
+
+        def exp_and_sums(part):
+            for g in part:
+                for i in groups[g]:
+                    t, z = tiles[i], z_of[i]
+                    if shift is None:
+                        np.matmul(n1_c, Eb[t].T, out=z)                      # (m, width)
+                    else:
+                        z -= shift[:, None]                                  # logits already there
+                    np.exp(z, out=z)                                         # unnormalised probs
+                    partial[g] += z @ E1[t]
+
+        run_split_blas(exp_and_sums, range(len(groups)))
+        zE1 = partial.sum(axis=0)                                            # (m, D+1)
         total = zE1[:, D]                                                    # (m,) row sums
         log_p_t = target_logits[rows] - np.log(total) - (0 if shift is None else shift)
         loss -= float(np.dot(c, log_p_t))
         a = c / total                                                        # (m,)
         dn[rows] = a[:, None] * zE1[:, :D] - c[:, None] * E[targets[rows]]
         na = n1_c * a[:, None]                                               # (m, D+1)
-        for t, z in zip(tiles, z_of):
-            if s == 0:
-                np.matmul(z.T, na, out=dEb[t])                               # (width, D+1)
-            else:
-                dEb[t] += z.T @ na
+
+        def tile_gradients(part):
+            for g in part:
+                for i in groups[g]:
+                    t, z = tiles[i], z_of[i]
+                    if s == 0:
+                        np.matmul(z.T, na, out=dEb[t])                       # (width, D+1)
+                    else:
+                        dEb[t] += z.T @ na
+
+        run_split_blas(tile_gradients, range(len(groups)))
         np.add.at(dEb, targets[rows], -(c[:, None] * n1_c))                  # the one-hot part
     return loss, dn, dEb[:, :D].copy(), dEb[:, D].copy()
 

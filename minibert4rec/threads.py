@@ -21,6 +21,11 @@ from concurrent.futures import ThreadPoolExecutor, wait
 # and the optimizer's blocked update); blas_thread_limit sets it with BLAS's count.
 ELEMENTWISE_THREADS = 2
 
+# Whether OpenBLAS's idle threads stop busy-waiting quickly (see minibert4rec/__init__.py):
+# only then do the head's two Python threads get both cores (run_split_blas).
+BLAS_SPIN_IS_SHORT = os.environ.get("OPENBLAS_THREAD_TIMEOUT", "28").strip().isdigit() and \
+    int(os.environ.get("OPENBLAS_THREAD_TIMEOUT", "28")) <= 20
+
 _POOL, _POOL_SIZE = None, 0
 _LOCAL = threading.local()          # .busy: this thread is inside run_split (no nesting)
 
@@ -75,8 +80,20 @@ _BLAS_GET = ("scipy_openblas_get_num_threads64_", "scipy_openblas_get_num_thread
 _BLAS_SET = tuple(n.replace("get_", "set_") for n in _BLAS_GET)
 
 
+_LIB = []                            # [(get, set) or None] once looked up
+
+
 def _openblas():
-    """The OpenBLAS library NumPy loaded (found in /proc/self/maps), via ctypes, or None."""
+    """The OpenBLAS library NumPy loaded (found in /proc/self/maps), via ctypes, or None.
+
+    Looked up once per process (the training step asks for it every step).
+    """
+    if not _LIB:
+        _LIB.append(_find_openblas())
+    return _LIB[0]
+
+
+def _find_openblas():
     try:
         import ctypes
         import re
@@ -118,6 +135,31 @@ def blas_thread_limit(n):
         if lib:
             lib[1](before)
         ELEMENTWISE_THREADS = before_ew
+
+
+def run_split_blas(work, items):
+    """run_split for parts that call BLAS: each part's matmuls run on its own thread.
+
+    A skinny matrix product ((809 x 65) @ (65 x 320) in the Beauty output
+    head) keeps two BLAS threads only ~35 % busy, and the element-wise work
+    between such products (exp) runs on one core. Here BLAS is set to ONE
+    thread while the parts run side by side on ELEMENTWISE_THREADS Python
+    threads (NumPy releases the GIL inside matmul and exp), then restored. Where
+    the BLAS thread count cannot be set (not OpenBLAS), or inside another
+    split, the parts run one after the other with BLAS as it is. As with
+    run_split, the result must not depend on how the parts are shared out.
+    """
+    items = list(items)
+    lib = _openblas() if ELEMENTWISE_THREADS > 1 and len(items) > 1 else None
+    if lib is None or getattr(_LOCAL, "busy", False):
+        work(items)
+        return
+    before = int(lib[0]())
+    lib[1](1)
+    try:
+        run_split(work, items)
+    finally:
+        lib[1](before)
 
 
 # ----------------------------------------------------------------------------

@@ -205,6 +205,29 @@ def test_fused_training_loss_equals_the_layer_pairs(dtype, tile, scale):
         assert a_.dtype == dtype and np.allclose(a_, b_, rtol=rtol, atol=rtol * 1e-2)
 
 
+@pytest.mark.parametrize("scale", [1.0, 30.0])
+def test_fused_training_loss_is_the_same_on_one_and_two_threads(monkeypatch, scale):
+    """The head's tile groups run side by side on two threads: the numbers must not move a bit."""
+    from minibert4rec import threads
+    r = np.random.default_rng(5)
+    M, Dm, V = 40, 16, 3001                                   # 3001: a ragged last tile
+    n = (scale * r.standard_normal((M, Dm))).astype(np.float32)
+    E = r.standard_normal((V, Dm)).astype(np.float32)
+    b = r.standard_normal(V).astype(np.float32)
+    t = r.integers(0, V, M)
+    monkeypatch.setattr(threads, "BLAS_SPIN_IS_SHORT", True)  # split even if NumPy came first
+    runs = []
+    for n_threads in (1, 2):
+        monkeypatch.setattr(threads, "ELEMENTWISE_THREADS", n_threads)
+        before = threads.blas_threads()
+        runs.append(Mo.tied_output_loss(n, E, b, t, chunk=16, tile=16 * 96))
+        assert threads.blas_threads() == before               # BLAS's thread count restored
+    (l1, *g1), (l2, *g2) = runs
+    assert l1 == l2
+    for u, v in zip(g1, g2):
+        np.testing.assert_array_equal(u, v)
+
+
 def test_model_exposes_attention_of_every_layer_and_head():
     cfg = Mo.Config(vocab_size=12, max_len=6, hidden=12, layers=2, heads=3)
     model = Mo.BERT4Rec(cfg)
