@@ -23,8 +23,12 @@ ELEMENTWISE_THREADS = 2
 
 # Whether OpenBLAS's idle threads stop busy-waiting quickly (see minibert4rec/__init__.py):
 # only then do the head's two Python threads get both cores (run_split_blas).
-BLAS_SPIN_IS_SHORT = os.environ.get("OPENBLAS_THREAD_TIMEOUT", "28").strip().isdigit() and \
-    int(os.environ.get("OPENBLAS_THREAD_TIMEOUT", "28")) <= 20
+def _blas_spin_is_short() -> bool:
+    value = os.environ.get("OPENBLAS_THREAD_TIMEOUT", "").strip()     # unset: OpenBLAS uses 28
+    return value.isdigit() and int(value) <= 20
+
+
+BLAS_SPIN_IS_SHORT = _blas_spin_is_short()
 
 _POOL, _POOL_SIZE = None, 0
 _LOCAL = threading.local()          # .busy: this thread is inside run_split (no nesting)

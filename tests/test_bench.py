@@ -220,3 +220,21 @@ def test_keeping_freed_memory_removes_the_page_faults_of_repeated_temporaries():
     # (2 MB) pages each where the kernel backs large mappings with transparent huge pages
     assert default >= 5 * 32
     assert kept < 0.1 * default          # reused: already mapped
+
+
+def test_importing_minibert4rec_first_shortens_the_openblas_spin():
+    """The head's two threads need it; set only when NumPy is not loaded yet and the user chose nothing."""
+    import os
+    import subprocess
+    import sys
+    code = ("import os, sys; {first}; import minibert4rec.threads as t; "
+            "print(os.environ.get('OPENBLAS_THREAD_TIMEOUT'), t.BLAS_SPIN_IS_SHORT)")
+    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_THREAD_TIMEOUT"}
+
+    def run(first, **extra):
+        out = subprocess.run([sys.executable, "-c", code.format(first=first)], env={**env, **extra},
+                             capture_output=True, text=True, check=True)
+        return out.stdout.split()
+    assert run("pass") == ["16", "True"]
+    assert run("import numpy") == ["None", "False"]                  # too late to matter: left alone
+    assert run("pass", OPENBLAS_THREAD_TIMEOUT="28") == ["28", "False"]   # the user's choice wins
