@@ -580,12 +580,11 @@ def _component_table(prof, total_s, n_steps, shapes, model) -> list:
         if total == 0.0 and comp not in (OTHER,) and comp not in flops:
             continue
         gflop = flops.get(comp, 0.0)
-        t_all = total
         rows.append({"component": comp, "forward_ms": per[FWD], "backward_ms": per[BWD],
                      "fused_ms": per[FUSED], "step_ms": per[STEP], "total_ms": total,
                      "share": total / (1e3 * total_s / n_steps) if total_s else 0.0,
                      "gflop": gflop / 1e9,
-                     "gflops": (gflop / (t_all / 1e3) / 1e9) if gflop and t_all else None})
+                     "gflops": (gflop / (total / 1e3) / 1e9) if gflop and total else None})
     return rows
 
 

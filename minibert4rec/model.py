@@ -246,9 +246,9 @@ def tied_output_loss(n, E, out_bias, targets, weights=None, chunk=1024, tile=TIL
     once. The tiles fall into HEAD_GROUPS groups that two threads work through
     side by side, one BLAS thread each (threads.run_split_blas): these skinny
     products (one side D + 1 = 65 wide) keep two BLAS threads half idle, and
-    the exp between them would otherwise run on one core. exp() needs no max-subtraction when every logit is bounded (checked
-    per chunk; otherwise a first pass computes the logits and each row's
-    maximum). llm.c calls this a fused classifier. Not thread-safe: the logits
+    the exp between them would otherwise run on one core. exp() needs no
+    max-subtraction when every logit is bounded (checked per chunk; otherwise
+    a first pass computes the logits and each row's maximum). llm.c calls this a fused classifier. Not thread-safe: the logits
     live in one module-level buffer reused between calls.
     """
     M, D = n.shape
@@ -287,33 +287,34 @@ def tied_output_loss(n, E, out_bias, targets, weights=None, chunk=1024, tile=TIL
         # sums, in the same order, either way.
         k = -(-len(tiles) // HEAD_GROUPS)
         groups = [range(g, min(g + k, len(tiles))) for g in range(0, len(tiles), k)]
+
+        def each_tile(step):                                                 # step(g, i): group g, tile i
+            run_split_blas(lambda part: [step(g, i) for g in part for i in groups[g]],
+                           range(len(groups)))
+
         shift = None                                                         # (m,) row maxima
         if (np.linalg.norm(n[rows], axis=1).max() * e_max + b_max > EXP_SAFE
                 or target_logits[rows].min() < -EXP_SAFE):
             maxima = np.full((len(groups), m), -np.inf, dtype)
 
-            def logits_and_maxima(part):
-                for g in part:
-                    for i in groups[g]:
-                        np.matmul(n1_c, Eb[tiles[i]].T, out=z_of[i])
-                        np.maximum(maxima[g], z_of[i].max(axis=1), out=maxima[g])
+            def logits_and_maxima(g, i):
+                np.matmul(n1_c, Eb[tiles[i]].T, out=z_of[i])
+                np.maximum(maxima[g], z_of[i].max(axis=1), out=maxima[g])
 
-            run_split_blas(logits_and_maxima, range(len(groups)))
+            each_tile(logits_and_maxima)
             shift = maxima.max(axis=0)
         partial = np.zeros((len(groups), m, D + 1), dtype)                   # [z E | row sums] per group
 
-        def exp_and_sums(part):
-            for g in part:
-                for i in groups[g]:
-                    t, z = tiles[i], z_of[i]
-                    if shift is None:
-                        np.matmul(n1_c, Eb[t].T, out=z)                      # (m, width)
-                    else:
-                        z -= shift[:, None]                                  # logits already there
-                    np.exp(z, out=z)                                         # unnormalised probs
-                    partial[g] += z @ E1[t]
+        def exp_and_sums(g, i):
+            z = z_of[i]
+            if shift is None:
+                np.matmul(n1_c, Eb[tiles[i]].T, out=z)                       # (m, width)
+            else:
+                z -= shift[:, None]                                          # logits already there
+            np.exp(z, out=z)                                                 # unnormalised probs
+            partial[g] += z @ E1[tiles[i]]
 
-        run_split_blas(exp_and_sums, range(len(groups)))
+        each_tile(exp_and_sums)
         zE1 = partial.sum(axis=0)                                            # (m, D+1)
         total = zE1[:, D]                                                    # (m,) row sums
         log_p_t = target_logits[rows] - np.log(total) - (0 if shift is None else shift)
@@ -322,16 +323,14 @@ def tied_output_loss(n, E, out_bias, targets, weights=None, chunk=1024, tile=TIL
         dn[rows] = a[:, None] * zE1[:, :D] - c[:, None] * E[targets[rows]]
         na = n1_c * a[:, None]                                               # (m, D+1)
 
-        def tile_gradients(part):
-            for g in part:
-                for i in groups[g]:
-                    t, z = tiles[i], z_of[i]
-                    if s == 0:
-                        np.matmul(z.T, na, out=dEb[t])                       # (width, D+1)
-                    else:
-                        dEb[t] += z.T @ na
+        def tile_gradients(g, i):
+            t, z = tiles[i], z_of[i]
+            if s == 0:
+                np.matmul(z.T, na, out=dEb[t])                               # (width, D+1)
+            else:
+                dEb[t] += z.T @ na
 
-        run_split_blas(tile_gradients, range(len(groups)))
+        each_tile(tile_gradients)
         np.add.at(dEb, targets[rows], -(c[:, None] * n1_c))                  # the one-hot part
     return loss, dn, dEb[:, :D].copy(), dEb[:, D].copy()
 

@@ -150,11 +150,16 @@ def run_split_blas(work, items):
     thread while the parts run side by side on ELEMENTWISE_THREADS Python
     threads (NumPy releases the GIL inside matmul and exp), then restored. Where
     the BLAS thread count cannot be set (not OpenBLAS), or inside another
-    split, the parts run one after the other with BLAS as it is. As with
-    run_split, the result must not depend on how the parts are shared out.
+    split, the parts run one after the other with BLAS as it is. So they do
+    when OpenBLAS's idle threads busy-wait long (BLAS_SPIN_IS_SHORT false:
+    NumPy was loaded before minibert4rec): a spinning BLAS thread then holds
+    one of the two cores, and the split Beauty step took 190 ms against 154 ms
+    serial (125 ms with the short spin). As with run_split, the result must
+    not depend on how the parts are shared out.
     """
     items = list(items)
-    lib = _openblas() if ELEMENTWISE_THREADS > 1 and len(items) > 1 else None
+    split = BLAS_SPIN_IS_SHORT and ELEMENTWISE_THREADS > 1 and len(items) > 1
+    lib = _openblas() if split else None
     if lib is None or getattr(_LOCAL, "busy", False):
         work(items)
         return

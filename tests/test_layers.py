@@ -331,3 +331,23 @@ def test_run_split_waits_for_every_part_and_reraises(monkeypatch):
     done.clear()
     threads.run_split(nested, range(4))
     assert sorted(done) == [0, 10, 20, 30]
+
+
+def test_run_split_blas_stays_on_the_calling_thread_while_blas_spins_long(monkeypatch):
+    """NumPy loaded first: OpenBLAS's idle threads spin long, so the head's groups must not split."""
+    import threading
+    from minibert4rec import threads
+    monkeypatch.setattr(threads, "ELEMENTWISE_THREADS", 2)
+    seen = []
+
+    def work(part):
+        seen.append((threading.get_ident(), list(part)))
+    for short, parts in ((False, 1), (True, 2 if threads.blas_threads() else 1)):
+        monkeypatch.setattr(threads, "BLAS_SPIN_IS_SHORT", short)
+        seen.clear()
+        threads.run_split_blas(work, range(4))
+        assert len(seen) == parts and sorted(i for _, p in seen for i in p) == [0, 1, 2, 3]
+    monkeypatch.setattr(threads, "BLAS_SPIN_IS_SHORT", False)
+    seen.clear()
+    threads.run_split_blas(work, range(4))
+    assert seen == [(threading.get_ident(), [0, 1, 2, 3])]
