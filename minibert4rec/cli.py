@@ -55,7 +55,7 @@ def _train_config(args):
     keys = ("dataset", "data_dir", "epochs", "minutes", "seed", "lr", "batch_size", "hidden",
             "layers", "heads", "max_len", "mask_ratio", "position", "attention", "gelu",
             "warmup", "track_test", "min_interactions", "decay_epochs", "threads",
-            "holdout_validation")
+            "holdout_validation", "cloze_copies")
     kw = {k: getattr(args, k) for k in keys if getattr(args, k, None) is not None}
     if getattr(args, "dropout", None) is not None:
         kw["hidden_dropout"] = args.dropout
@@ -258,6 +258,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--heads", type=int, help="attention heads H (default 2)")
     p.add_argument("--max-len", type=int, help="maximum sequence length N (default: dataset preset)")
     p.add_argument("--mask-ratio", type=float, help="cloze mask ratio (default: dataset preset)")
+    p.add_argument("--cloze-copies", type=int, metavar="K",
+                   help="cloze instances per window per epoch, each with its own mask, beside "
+                        "the one mask-last instance (default 1; the authors' dupe_factor is 10)")
     p.add_argument("--dropout", type=float, help="hidden dropout (default: dataset preset)")
     p.add_argument("--attention-dropout", type=float, help="dropout on attention weights")
     p.add_argument("--position", choices=("learned", "sinusoidal", "none"),

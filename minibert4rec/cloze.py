@@ -8,13 +8,15 @@ token and predict them from BOTH sides. Following the authors' code
    into windows of at most N items; a sequence longer than N gives several
    windows, their starts ``step`` items apart (sliding windows), the last one
    always ending at the sequence's end.
-2. Every epoch, each window yields two instances:
-   - a cloze instance: k = min(max_predictions, max(1, round(len * mask_ratio)))
+2. Every epoch, each window yields ``copies`` + 1 instances (default 1 + 1):
+   - ``copies`` cloze instances, each with its own random mask: k = min(max_predictions, max(1, round(len * mask_ratio)))
      positions chosen uniformly at random, each replaced by [MASK] (the authors
      always use [MASK], no BERT-style 80/10/10 replacement);
    - a "mask-last" instance: only the LAST item is masked. This is exactly the
      test task (predict what comes after the history), so training sees it.
-   Masks are re-drawn every epoch (the authors pre-generate 10 copies instead).
+   Masks are re-drawn every epoch. The authors instead pre-generate 10 cloze
+   copies per window once (dupe_factor 10) plus one mask-last instance, so
+   only 1 instance in 11 is a mask-last one; ``copies=10`` gives that ratio.
 3. Instances are batched; padding (id 0) sits on the right and is never masked.
 
 Shapes: I instances, N max length, B batch, T the longest length in a batch,
@@ -90,17 +92,21 @@ class ClozeSampler:
     sequences: training sequences (list of int arrays, item ids >= 1)
     max_len N, mask_ratio, max_predictions, sliding_step: the authors' settings
     mask_id: the [MASK] token's id (n_items + 1)
+    copies: cloze instances per window per epoch (the authors' dupe_factor is 10)
     """
 
     def __init__(self, sequences, max_len, mask_ratio, max_predictions, sliding_step, mask_id,
-                 mask_last_instances=True):
+                 mask_last_instances=True, copies=1):
+        if copies < 1:
+            raise ValueError(f"copies must be >= 1, got {copies}")
         self.windows, self.lengths = make_windows(sequences, max_len, sliding_step)
         self.max_len, self.mask_ratio, self.max_predictions = max_len, mask_ratio, max_predictions
         self.mask_id, self.mask_last_instances = mask_id, mask_last_instances
+        self.copies = int(copies)
 
     @property
     def n_instances(self) -> int:
-        return len(self.lengths) * (2 if self.mask_last_instances else 1)
+        return len(self.lengths) * (self.copies + (1 if self.mask_last_instances else 0))
 
     def epoch(self, batch_size, rng, bucket=50):
         """Yield the batches of one epoch (a generator of Batch).
@@ -109,12 +115,14 @@ class ClozeSampler:
         ``bucket`` batches, so each batch is trimmed to a similar length T
         (little padding); the order of the batches is shuffled again.
         """
-        masks = cloze_masks(self.lengths, self.max_len, self.mask_ratio, self.max_predictions, rng)
-        windows, lengths = self.windows, self.lengths
+        masks = [cloze_masks(self.lengths, self.max_len, self.mask_ratio, self.max_predictions, rng)
+                 for _ in range(self.copies)]
         if self.mask_last_instances:
-            masks = np.concatenate([masks, mask_last(self.lengths, self.max_len)])
-            windows = np.concatenate([windows, windows])
-            lengths = np.concatenate([lengths, lengths])
+            masks.append(mask_last(self.lengths, self.max_len))
+        n_copies = len(masks)                     # instances per window this epoch
+        masks = np.concatenate(masks)                                  # (I, N)
+        windows = np.tile(self.windows, (n_copies, 1))                 # (I, N)
+        lengths = np.tile(self.lengths, n_copies)                      # (I,)
         order = rng.permutation(len(lengths))
         group = batch_size * max(1, bucket)
         batches = []

@@ -80,6 +80,8 @@ class TrainConfig:
     mask_ratio: float | None = None
     max_predictions: int | None = None
     sliding_step: int | None = None
+    cloze_copies: int = 1                  # cloze instances per window per epoch (+1 mask-last);
+                                           # the authors: 10 fixed copies (dupe_factor)
     hidden_dropout: float | None = None
     attention_dropout: float | None = None
     position: str = "learned"
@@ -121,6 +123,8 @@ class TrainConfig:
             bad(f"batch size must be >= 1, got {self.batch_size}")
         if not 0 < self.mask_ratio <= 1:
             bad(f"mask ratio must be in (0, 1], got {self.mask_ratio}")
+        if self.cloze_copies < 1:
+            bad(f"cloze copies must be >= 1, got {self.cloze_copies}")
         if self.max_predictions < 1:
             bad(f"max predictions must be >= 1, got {self.max_predictions}")
         if self.min_interactions < 3:
@@ -361,7 +365,7 @@ def _train(tcfg: TrainConfig, run_dir, resume=False, log=print):
                          f"dataset {tcfg.dataset!r} now has {ds.vocab_size}: incompatible")
     train_seqs = split.valid_input if tcfg.holdout_validation else split.train
     sampler = ClozeSampler(train_seqs, mcfg.max_len, tcfg.mask_ratio, tcfg.max_predictions,
-                           tcfg.sliding_step, ds.mask_id)
+                           tcfg.sliding_step, ds.mask_id, copies=tcfg.cloze_copies)
     steps_per_epoch = sampler.n_batches(tcfg.batch_size)
     opt = AdamWeightDecay(model.params, lr=tcfg.lr, weight_decay=tcfg.weight_decay,
                           warmup=tcfg.warmup, total_steps=steps_per_epoch * tcfg.decay_epochs,

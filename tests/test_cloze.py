@@ -1,5 +1,6 @@
 """The cloze task: windows, mask counts, mask-last, padding never masked, batches."""
 import numpy as np
+import pytest
 
 from minibert4rec.cloze import ClozeSampler, cloze_masks, make_windows, mask_last
 
@@ -70,3 +71,22 @@ def test_masks_are_redrawn_each_epoch_and_seeded():
     c1 = [b.sel.tolist() for b in s.epoch(10, rng)]
     c2 = [b.sel.tolist() for b in s.epoch(10, rng)]
     assert a == b == c1 and c1 != c2
+
+
+def test_cloze_copies_give_the_authors_ratio_of_mask_last_instances():
+    # copies=K: K cloze instances per window, each with its own mask, plus one mask-last
+    seqs = [np.arange(1, 21)] * 40                      # 40 windows of 20 items
+    s = ClozeSampler(seqs, 20, 0.3, 10, 5, mask_id=99, copies=10)
+    assert s.n_instances == 11 * 40
+    batches = list(s.epoch(64, np.random.default_rng(0)))
+    assert len(batches) == s.n_batches(64)
+    counts = np.concatenate([np.bincount(b.sel // b.ids.shape[1], minlength=len(b.lengths))
+                             for b in batches])
+    assert len(counts) == 11 * 40
+    assert np.sum(counts == 1) == 40                    # the mask-last instances: 1 in 11
+    assert np.sum(counts == 6) == 400                   # round(20 * 0.3) = 6 for every copy
+    masks = {tuple(np.flatnonzero(b.ids[r] == 99)) for b in batches for r in range(len(b.ids))
+             if np.sum(b.ids[r] == 99) == 6}
+    assert len(masks) > 300                             # the copies are drawn independently
+    with pytest.raises(ValueError):
+        ClozeSampler(seqs, 20, 0.3, 10, 5, mask_id=99, copies=0)
