@@ -362,6 +362,64 @@ def matmul_peak_gflops(n=2048, repeats=5, dtype=np.float32, seed=0) -> float:
     return 2.0 * n ** 3 / float(np.median(times)) / 1e9
 
 
+def head_matmul_gflops(M, D, V, repeats=5, seed=0) -> dict:
+    """How fast BLAS alone runs the output head's three products at one step's shape.
+
+    The fused head (model.tied_output_loss) does 3 x 2 M D V of the step's
+    FLOPs in three products that all have one side only D + 1 wide:
+
+      z = [n | 1] @ [E | b]^T     (M, D+1) @ (D+1, V)     the logits
+      z @ [E | 1]                 (M, V)   @ (V, D+1)     softmax-weighted E, row sums
+      z^T @ [a n | a]             (V, M)   @ (M, D+1)     dE, db
+
+    Timed here with nothing else: no exp, no loss, in the two ways the head
+    could run them: whole-vocabulary calls on all BLAS threads ("blas"), and
+    cache-sized tiles split over the cores with one BLAS thread each ("split",
+    what tied_output_loss does). Returns {"blas": GFLOP/s, "split": GFLOP/s,
+    "best": the larger}, FLOPs counted as 3 x 2 M D V like the step's.
+    """
+    from .model import TILE_ELEMENTS
+    from .threads import run_split_blas
+    rng = np.random.default_rng(seed)
+    n1 = rng.standard_normal((M, D + 1), dtype=np.float32)                  # (M, D+1)
+    Eb = rng.standard_normal((V, D + 1), dtype=np.float32)                  # (V, D+1)
+    z = np.empty((M, V), np.float32)                                        # (M, V)
+    out = np.empty((V, D + 1), np.float32)
+    width = max(64, (TILE_ELEMENTS // M) // 64 * 64)
+    tiles = [slice(v, min(v + width, V)) for v in range(0, V, width)]
+    z_of = [np.empty((M, t.stop - t.start), np.float32) for t in tiles]
+
+    def whole():
+        np.matmul(n1, Eb.T, out=z)
+        z @ Eb
+        np.matmul(z.T, n1, out=out)
+
+    def split():
+        def part(idx):
+            acc = np.zeros((M, D + 1), np.float32)
+            for i in idx:
+                np.matmul(n1, Eb[tiles[i]].T, out=z_of[i])
+                acc += z_of[i] @ Eb[tiles[i]]
+            for i in idx:
+                np.matmul(z_of[i].T, n1, out=out[tiles[i]])
+        half = -(-len(tiles) // 2)
+        run_split_blas(lambda parts: [part(p) for p in parts],
+                       [range(0, half), range(half, len(tiles))])
+
+    flops = 3 * 2.0 * M * D * V
+    result = {}
+    for name, fn in (("blas", whole), ("split", split)):
+        fn()                                                                # warm-up
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+        result[name] = flops / float(np.median(times)) / 1e9
+    result["best"] = max(result["blas"], result["split"])
+    return result
+
+
 def peak_rss_mb() -> float:
     """Peak resident memory of this process so far (ru_maxrss: KB on Linux, bytes on macOS)."""
     r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -555,6 +613,16 @@ def _run(cfg, steps, warmup, seed, progress, profile, inference, peak, inference
     result["peak_gflops"] = peak_g
     result["efficiency"] = result["achieved_gflops"] / peak_g if peak_g else None
     result["peak_rss_mb"] = float(peak_rss_mb())
+    # -- the ceiling: the head's matmuls at BLAS's own speed for their shape, all
+    # the other matmuls at the peak, elementwise work free (measured after the
+    # peak memory above, so its (M, V) scratch block is not counted there)
+    if peak_g and profile:
+        parts = train_step_flops(**_shape_args(model, int(round(Bs.mean())), int(round(Ts.mean())),
+                                               int(round(Ms.mean()))))
+        head = head_matmul_gflops(int(round(Ms.mean())), model.cfg.hidden, model.cfg.vocab_size)
+        ideal_s = parts[LOGITS] / (head["best"] * 1e9) + (sum(parts.values()) - parts[LOGITS]) / (peak_g * 1e9)
+        result["head_matmul_gflops"] = head
+        result["efficiency_ceiling"] = sum(parts.values()) / ideal_s / 1e9 / peak_g
     result.update({
         "numpy": np.__version__, "blas": blas_info(), "blas_threads": blas_threads(),
         "cpu_count": os.cpu_count(), "malloc_keeps_freed_memory": memory_kept(),
@@ -696,6 +764,13 @@ def format_report(r: dict) -> str:
                                    f"cores busy), {r['page_faults_per_step']:,.0f} page faults"
                                    + ("" if r.get("malloc_keeps_freed_memory") else
                                       " (malloc returns freed memory to the system)"))]
+    if r.get("efficiency_ceiling"):
+        h = r["head_matmul_gflops"]
+        rows.insert(next(i for i, (k, _) in enumerate(rows) if k == "efficiency") + 1,
+                    ("efficiency ceiling", f"{r['efficiency_ceiling']:.2f}  (the logits' 3 matmuls "
+                     f"alone reach {h['best']:.0f} GFLOP/s at this shape [all BLAS threads "
+                     f"{h['blas']:.0f}, split {h['split']:.0f}]; the rest at the peak, "
+                     f"elementwise work free)"))
     width = max(len(k) for k, _ in rows)
     out += [f"{k:<{width}s}  {v}" for k, v in rows]
     if r.get("components"):

@@ -51,6 +51,16 @@ def test_result_has_the_documented_keys(result):
     json.dumps(result)                                   # the --json output is one JSON object
 
 
+def test_efficiency_ceiling_from_the_head_matmuls_alone(result):
+    h = result["head_matmul_gflops"]
+    assert h["best"] == max(h["blas"], h["split"]) > 0
+    assert math.isfinite(result["efficiency_ceiling"]) and result["efficiency_ceiling"] > 0
+    assert "efficiency ceiling" in bench.format_report(result)
+    # a direct call at a small shape: both ways are timed
+    direct = bench.head_matmul_gflops(37, 8, 1000, repeats=1)
+    assert set(direct) == {"blas", "split", "best"} and direct["best"] > 0
+
+
 def test_component_table_covers_the_step(result):
     rows = {c["component"]: c for c in result["components"]}
     # the list: embeddings, attention (projections, scores/softmax, weighted sum),
