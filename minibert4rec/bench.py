@@ -62,10 +62,10 @@ from .optim import AdamWeightDecay
 CONFIGS = {
     "beauty": dict(vocab_size=54544, max_len=50, hidden=64, layers=2, heads=2, batch_size=256,
                    mask_ratio=0.6, max_predictions=30, sliding_step=5, hidden_dropout=0.5,
-                   attention_dropout=0.2, lengths="beauty", peak_size=2048),
+                   attention_dropout=0.2, lengths="beauty", peak_size=2048, cloze_copies=10),
     "ml-1m": dict(vocab_size=3418, max_len=200, hidden=64, layers=2, heads=2, batch_size=256,
                   mask_ratio=0.2, max_predictions=40, sliding_step=100, hidden_dropout=0.2,
-                  attention_dropout=0.2, lengths="ml-1m", peak_size=2048),
+                  attention_dropout=0.2, lengths="ml-1m", peak_size=2048, cloze_copies=10),
     "tiny": dict(vocab_size=202, max_len=20, hidden=16, layers=2, heads=2, batch_size=32,
                  mask_ratio=0.4, max_predictions=10, sliding_step=5, hidden_dropout=0.1,
                  attention_dropout=0.1, lengths="uniform", peak_size=512),
@@ -89,6 +89,7 @@ def resolve_config(config, **overrides) -> dict:
     cfg.setdefault("sliding_step", max(1, cfg["max_len"] // 2))
     cfg.setdefault("lengths", "uniform")
     cfg.setdefault("peak_size", 2048)
+    cfg.setdefault("cloze_copies", 1)
     return cfg
 
 
@@ -129,14 +130,16 @@ def synthetic_batches(cfg, n_batches, rng) -> list:
     """``n_batches`` training batches built exactly as training builds them.
 
     Synthetic users are cut into windows (``cloze.make_windows``), and
-    ``n_batches * B / 2`` windows go through ``cloze.ClozeSampler`` with its
-    mask-last instances (so 2 instances per window) and ONE length bucket: the
+    ``n_batches * B / (K + 1)`` windows go through ``cloze.ClozeSampler`` with
+    K = ``cloze_copies`` cloze instances and one mask-last instance per window
+    (the training presets' mix: 10 + 1 for Beauty and ML-1m) and ONE length bucket: the
     batches are consecutive slices of the length-sorted instances, a stratified
     sample of an epoch's batch shapes (short batches and long ones in the
     proportions of an epoch), yielded in shuffled order.
     """
     B, N = cfg["batch_size"], cfg["max_len"]
-    need = -(-n_batches * B // 2)                        # windows (2 instances each)
+    copies = int(cfg.get("cloze_copies", 1))
+    need = -(-n_batches * B // (copies + 1))             # windows (copies + 1 instances each)
     windows, lengths = np.zeros((0, N), np.int64), np.zeros(0, np.int64)
     while len(lengths) < need:
         w, l = make_windows(_users(cfg, max(need, 64), rng), N, cfg["sliding_step"])
@@ -144,7 +147,7 @@ def synthetic_batches(cfg, n_batches, rng) -> list:
     pick = rng.permutation(len(lengths))[:need]
     rows = [windows[i, :lengths[i]] for i in pick]
     sampler = ClozeSampler(rows, N, cfg["mask_ratio"], cfg["max_predictions"],
-                           cfg["sliding_step"], mask_id=cfg["vocab_size"] - 1)
+                           cfg["sliding_step"], mask_id=cfg["vocab_size"] - 1, copies=copies)
     batches = list(sampler.epoch(B, rng, bucket=n_batches))
     full = [b for b in batches if len(b.lengths) == B]
     return (full + [b for b in batches if len(b.lengths) != B])[:n_batches]
@@ -536,6 +539,7 @@ def _run(cfg, steps, warmup, seed, progress, profile, inference, peak, inference
         "model": model.cfg.to_dict(),
         "batch_size": cfg["batch_size"], "mask_ratio": cfg["mask_ratio"],
         "max_predictions": cfg["max_predictions"], "length_law": cfg["lengths"],
+        "cloze_copies": int(cfg["cloze_copies"]),
         "steps": int(steps), "warmup": int(warmup), "seed": int(seed),
         "B": float(Bs.mean()), "mean_T": float(Ts.mean()), "mean_M": float(Ms.mean()),
         "mean_tokens": float(toks.mean()),
@@ -734,7 +738,8 @@ def format_report(r: dict) -> str:
     m = r["model"]
     out = [f"minibert4rec bench: {r['config']}  (D={m['hidden']} L={m['layers']} H={m['heads']} "
            f"F={m['ffn']} N={m['max_len']} V={m['vocab_size']:,}, batch {r['batch_size']}, "
-           f"mask ratio {r['mask_ratio']}, float32)",
+           f"mask ratio {r['mask_ratio']}, {r.get('cloze_copies', 1)} cloze + 1 mask-last "
+           f"instances per window, float32)",
            f"{r['steps']} timed steps after {r['warmup']} warm-up; batches: mean T {r['mean_T']:.1f}, "
            f"mean M {r['mean_M']:.0f} masked, {r['mean_tokens']:.0f} real tokens "
            f"({100 * r['padding_fraction']:.0f} % padding)",
@@ -819,6 +824,10 @@ def add_arguments(parser):
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps first (default 3)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the synthetic data (default 0)")
     parser.add_argument("--threads", type=int, help="limit OpenBLAS to this many threads")
+    parser.add_argument("--cloze-copies", type=int, metavar="K",
+                        help="cloze instances per window beside the mask-last one in the "
+                             "batches (default: the configuration's, as training: 10 for beauty "
+                             "and ml-1m; 1 gives the old 1 + 1 mix)")
     parser.add_argument("--json", action="store_true", help="print the result as one JSON object")
     parser.add_argument("--malloc-default", action="store_true",
                         help="leave malloc returning freed memory to the system (to measure "
@@ -833,7 +842,8 @@ def command(args) -> int:
         raise InputError(f"--steps must be >= 1, got {args.steps}")
     r = run_benchmark(args.config, steps=args.steps, warmup=args.warmup, seed=args.seed,
                       progress=not args.json, threads=getattr(args, "threads", None),
-                      keep_memory=not getattr(args, "malloc_default", False))
+                      keep_memory=not getattr(args, "malloc_default", False),
+                      overrides={"cloze_copies": getattr(args, "cloze_copies", None)})
     print(json.dumps(r, indent=1) if args.json else format_report(r))
     return 0
 

@@ -260,7 +260,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mask-ratio", type=float, help="cloze mask ratio (default: dataset preset)")
     p.add_argument("--cloze-copies", type=int, metavar="K",
                    help="cloze instances per window per epoch, each with its own mask, beside "
-                        "the one mask-last instance (default 1; the authors' dupe_factor is 10)")
+                        "the one mask-last instance (default: dataset preset; 10 for beauty, "
+                        "ml-1m and ml-100k as the authors' dupe_factor, 1 for synthetic and files)")
     p.add_argument("--dropout", type=float, help="hidden dropout (default: dataset preset)")
     p.add_argument("--attention-dropout", type=float, help="dropout on attention weights")
     p.add_argument("--position", choices=("learned", "sinusoidal", "none"),

@@ -157,6 +157,22 @@ def test_synthetic_batches_follow_the_cloze_rules():
         assert np.all(b.ids[pad] == 0) and np.all(b.ids[~pad] > 0)
 
 
+def test_synthetic_batches_mix_cloze_copies_like_training():
+    # Beauty's and ML-1m's benchmark batches follow the training preset: 10 cloze + 1 mask-last
+    assert bench.CONFIGS["beauty"]["cloze_copies"] == bench.CONFIGS["ml-1m"]["cloze_copies"] == 10
+    for copies in (1, 10):
+        cfg = bench.resolve_config("tiny", cloze_copies=copies)
+        mask_id = cfg["vocab_size"] - 1
+        rows = only_last = 0
+        for b in bench.synthetic_batches(cfg, 22, np.random.default_rng(0)):
+            n_masks = (b.ids == mask_id).sum(axis=1)                     # (B,)
+            last_masked = b.ids[np.arange(len(b.lengths)), b.lengths - 1] == mask_id
+            rows += len(b.lengths)
+            only_last += int(np.sum((n_masks == 1) & last_masked))
+        # one mask, on the last item: the mask-last instances (and a few short cloze rows)
+        assert only_last / rows == pytest.approx(1 / (copies + 1), abs=0.08), copies
+
+
 def test_length_laws():
     rng = np.random.default_rng(0)
     beauty = bench.user_lengths("beauty", 20000, 50, rng)

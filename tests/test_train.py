@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from minibert4rec.errors import InputError
-from minibert4rec.train import TrainConfig, dataset_of, load_npz, load_run, save_npz, train
+from minibert4rec.train import PRESETS, TrainConfig, dataset_of, load_npz, load_run, save_npz, train
 
 TINY = dict(dataset="synthetic", hidden=16, heads=2, layers=1, batch_size=128, max_len=12,
             progress=False, lr=3e-3, warmup=10, decay_epochs=3, synthetic_users=600)
@@ -164,3 +164,22 @@ def test_non_finite_loss_stops_training_and_keeps_the_last_good_checkpoint(tmp_p
     after = weights(d)
     assert all(np.array_equal(good[k], after[k]) for k in good)
     assert json.loads((d / "state.json").read_text())["epoch"] == 1
+
+
+def test_cloze_copies_follow_the_preset_and_old_runs_resume_with_one(tmp_path, monkeypatch):
+    # the authors' dupe_factor 10 for their datasets; the demo data keeps 1 + 1 short epochs
+    assert TrainConfig(dataset="beauty").resolved().cloze_copies == 10
+    assert TrainConfig(dataset="ml-1m").resolved().cloze_copies == 10
+    assert TrainConfig(dataset="synthetic").resolved().cloze_copies == 1
+    assert TrainConfig(dataset="beauty", cloze_copies=3).resolved().cloze_copies == 3
+    with pytest.raises(InputError):
+        TrainConfig(dataset="beauty", cloze_copies=0).resolved()
+    # a run directory written before the setting existed: resuming keeps 1 copy per epoch
+    d = tmp_path / "old"
+    train(TrainConfig(epochs=1, **TINY), d, log=quiet)
+    conf = json.loads((d / "config.json").read_text())
+    del conf["train"]["cloze_copies"]
+    (d / "config.json").write_text(json.dumps(conf))
+    monkeypatch.setitem(PRESETS["synthetic"], "cloze_copies", 3)     # the preset moved on since
+    train(TrainConfig(epochs=2, **TINY), d, resume=True, log=quiet)
+    assert json.loads((d / "config.json").read_text())["train"]["cloze_copies"] == 1
