@@ -8,15 +8,19 @@ token and predict them from BOTH sides. Following the authors' code
    into windows of at most N items; a sequence longer than N gives several
    windows, their starts ``step`` items apart (sliding windows), the last one
    always ending at the sequence's end.
-2. Every epoch, each window yields ``copies`` + 1 instances (default 1 + 1):
-   - ``copies`` cloze instances, each with its own random mask: k = min(max_predictions, max(1, round(len * mask_ratio)))
-     positions chosen uniformly at random, each replaced by [MASK] (the authors
-     always use [MASK], no BERT-style 80/10/10 replacement);
+2. Every epoch, each window yields ``copies`` + 1 instances:
+   - ``copies`` cloze instances, each with its own random mask of
+     k = min(max_predictions, max(1, round(len * mask_ratio))) positions chosen
+     uniformly at random, each replaced by [MASK] (the authors always use
+     [MASK], no BERT-style 80/10/10 replacement);
    - a "mask-last" instance: only the LAST item is masked. This is exactly the
      test task (predict what comes after the history), so training sees it.
-   Masks are re-drawn every epoch. The authors instead pre-generate 10 cloze
-   copies per window once (dupe_factor 10) plus one mask-last instance, so
-   only 1 instance in 11 is a mask-last one; ``copies=10`` gives that ratio.
+   Masks are re-drawn every epoch. The authors pre-generate 10 cloze copies
+   per window once (dupe_factor 10) plus one mask-last instance, so only 1
+   instance in 11 is a mask-last one; ``copies=10`` (the Beauty and MovieLens
+   presets in train.py) gives that mix. With 1 + 1, half of all instances ask
+   for the last item, in training the validation item, and on Beauty the model
+   learned those by heart and stopped improving on test (README).
 3. Instances are batched; padding (id 0) sits on the right and is never masked.
 
 Shapes: I instances, N max length, B batch, T the longest length in a batch,
