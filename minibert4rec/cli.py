@@ -92,15 +92,18 @@ def cmd_evaluate(args) -> int:
     if args.data_dir:
         tcfg.data_dir = args.data_dir
     ds = dataset_of(tcfg)
-    metrics = test_metrics(model, ds, protocol=args.protocol, seed=tcfg.seed,
-                           progress=not args.json)
+    seed = tcfg.seed if args.negatives_seed is None else args.negatives_seed
+    if args.save and seed != tcfg.seed:
+        raise InputError("--save keeps metrics.json comparable with the run's own: it cannot be "
+                         "combined with --negatives-seed")
+    metrics = test_metrics(model, ds, protocol=args.protocol, seed=seed, progress=not args.json)
     if args.save:
         from .train import save_json
         save_json(os.path.join(args.run, "metrics.json"), metrics)
     if args.json:
         print(json.dumps(metrics, indent=1))
         return 0
-    pop = popularity_metrics(ds, protocol=args.protocol, seed=tcfg.seed)
+    pop = popularity_metrics(ds, protocol=args.protocol, seed=seed)
     _print_metrics_table({"BERT4Rec": metrics, "popularity baseline": pop})
     return 0
 
@@ -291,6 +294,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")
     p.add_argument("--save", action="store_true",
                    help="also write RUN_DIR/metrics.json (e.g. after a run stopped by Ctrl-C)")
+    p.add_argument("--negatives-seed", type=int, metavar="S",
+                   help="seed of the sampled protocol's negatives (default: the run's --seed); "
+                        "to compare runs of different seeds on the same negatives")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("recommend", help="top-k next items for a history",

@@ -183,3 +183,18 @@ def test_cloze_copies_follow_the_preset_and_old_runs_resume_with_one(tmp_path, m
     monkeypatch.setitem(PRESETS["synthetic"], "cloze_copies", 3)     # the preset moved on since
     train(TrainConfig(epochs=2, **TINY), d, resume=True, log=quiet)
     assert json.loads((d / "config.json").read_text())["train"]["cloze_copies"] == 1
+
+
+def test_evaluate_negatives_seed(run3, capsys):
+    # evaluate --negatives-seed: another draw of the 100 sampled negatives, same weights
+    from minibert4rec import cli
+    d, metrics = run3
+
+    def sampled(*extra):
+        assert cli.main(["evaluate", "--run", str(d), "--protocol", "sampled", "--json", *extra]) == 0
+        return json.loads(capsys.readouterr().out)["sampled"]
+
+    assert sampled() == sampled("--negatives-seed", "0") == metrics["sampled"]   # the run's seed
+    assert sampled("--negatives-seed", "5") != metrics["sampled"]
+    assert cli.main(["evaluate", "--run", str(d), "--negatives-seed", "5", "--save"]) == 2
+    assert "--negatives-seed" in capsys.readouterr().err
