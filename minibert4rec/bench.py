@@ -381,15 +381,14 @@ def head_matmul_gflops(M, D, V, repeats=5, seed=0) -> dict:
     what tied_output_loss does). Returns {"blas": GFLOP/s, "split": GFLOP/s,
     "best": the larger}, FLOPs counted as 3 x 2 M D V like the step's.
     """
-    from .model import TILE_ELEMENTS
+    from .model import head_tiles
     from .threads import run_split_blas
     rng = np.random.default_rng(seed)
     n1 = rng.standard_normal((M, D + 1), dtype=np.float32)                  # (M, D+1)
     Eb = rng.standard_normal((V, D + 1), dtype=np.float32)                  # (V, D+1)
     z = np.empty((M, V), np.float32)                                        # (M, V)
     out = np.empty((V, D + 1), np.float32)
-    width = max(64, (TILE_ELEMENTS // M) // 64 * 64)
-    tiles = [slice(v, min(v + width, V)) for v in range(0, V, width)]
+    tiles, groups = head_tiles(M, V)                                        # as the head cuts them
     z_of = [np.empty((M, t.stop - t.start), np.float32) for t in tiles]
 
     def whole():
@@ -405,9 +404,7 @@ def head_matmul_gflops(M, D, V, repeats=5, seed=0) -> dict:
                 acc += z_of[i] @ Eb[tiles[i]]
             for i in idx:
                 np.matmul(z_of[i].T, n1, out=out[tiles[i]])
-        half = -(-len(tiles) // 2)
-        run_split_blas(lambda parts: [part(p) for p in parts],
-                       [range(0, half), range(half, len(tiles))])
+        run_split_blas(lambda parts: [part(groups[g]) for g in parts], range(len(groups)))
 
     flops = 3 * 2.0 * M * D * V
     result = {}
@@ -621,12 +618,13 @@ def _run(cfg, steps, warmup, seed, progress, profile, inference, peak, inference
     # the other matmuls at the peak, elementwise work free (measured after the
     # peak memory above, so its (M, V) scratch block is not counted there)
     if peak_g and profile:
-        parts = train_step_flops(**_shape_args(model, int(round(Bs.mean())), int(round(Ts.mean())),
-                                               int(round(Ms.mean()))))
-        head = head_matmul_gflops(int(round(Ms.mean())), model.cfg.hidden, model.cfg.vocab_size)
-        ideal_s = parts[LOGITS] / (head["best"] * 1e9) + (sum(parts.values()) - parts[LOGITS]) / (peak_g * 1e9)
+        B, T, M = (int(round(x.mean())) for x in (Bs, Ts, Ms))
+        parts = train_step_flops(**_shape_args(model, B, T, M))
+        head = head_matmul_gflops(M, model.cfg.hidden, model.cfg.vocab_size)
+        total = sum(parts.values())
+        ideal_s = (parts[LOGITS] / head["best"] + (total - parts[LOGITS]) / peak_g) / 1e9
         result["head_matmul_gflops"] = head
-        result["efficiency_ceiling"] = sum(parts.values()) / ideal_s / 1e9 / peak_g
+        result["efficiency_ceiling"] = total / ideal_s / 1e9 / peak_g
     result.update({
         "numpy": np.__version__, "blas": blas_info(), "blas_threads": blas_threads(),
         "cpu_count": os.cpu_count(), "malloc_keeps_freed_memory": memory_kept(),

@@ -217,6 +217,22 @@ TILE_ELEMENTS = 1 << 18   # logits per tile of the fused head: 1 MB of float32, 
 HEAD_GROUPS = 2           # the head's tiles in this many groups, one per thread (threads.run_split_blas)
 
 
+def head_tiles(m, V, tile=TILE_ELEMENTS):
+    """How the fused head cuts the vocabulary for a chunk of m rows.
+
+    Returns (tiles, groups): ``tiles`` are column slices of about ``tile / m``
+    columns (a multiple of 64 when wider than 64, BLAS-aligned), so one
+    (m, width) block of logits stays in the cache; ``groups`` are HEAD_GROUPS
+    contiguous ranges of tile indices, one per thread (run_split_blas).
+    """
+    width = max(1, tile // m)
+    width -= width % 64 if width > 64 else 0
+    tiles = [slice(v, min(v + width, V)) for v in range(0, V, width)]
+    k = -(-len(tiles) // HEAD_GROUPS)
+    groups = [range(g, min(g + k, len(tiles))) for g in range(0, len(tiles), k)]
+    return tiles, groups
+
+
 def tied_output_loss(n, E, out_bias, targets, weights=None, chunk=1024, tile=TILE_ELEMENTS):
     """Fused 13+14 for training: logits, loss AND their gradients, tile by tile.
 
@@ -248,8 +264,9 @@ def tied_output_loss(n, E, out_bias, targets, weights=None, chunk=1024, tile=TIL
     products (one side D + 1 = 65 wide) keep two BLAS threads half idle, and
     the exp between them would otherwise run on one core. exp() needs no
     max-subtraction when every logit is bounded (checked per chunk; otherwise
-    a first pass computes the logits and each row's maximum). llm.c calls this a fused classifier. Not thread-safe: the logits
-    live in one module-level buffer reused between calls.
+    a first pass computes the logits and each row's maximum). llm.c calls this
+    a fused classifier. Not thread-safe: the logits live in one module-level
+    buffer reused between calls.
     """
     M, D = n.shape
     V = E.shape[0]
@@ -276,17 +293,13 @@ def tied_output_loss(n, E, out_bias, targets, weights=None, chunk=1024, tile=TIL
         rows = slice(s, min(s + chunk, M))
         m = rows.stop - rows.start
         n1_c, c = n1[rows], c_all[rows]
-        width = max(1, tile // m)
-        width -= width % 64 if width > 64 else 0                             # BLAS-aligned
-        tiles = [slice(v, min(v + width, V)) for v in range(0, V, width)]
+        # The tiles fall into HEAD_GROUPS contiguous groups, each with its own
+        # partial sums; the groups run side by side on two threads (one BLAS
+        # thread each) when there are two, one after the other otherwise: the
+        # same sums, in the same order, either way.
+        tiles, groups = head_tiles(m, V, tile)
         buf = _logits_buffer(m * V, dtype)                                   # the (m, V) logits
         z_of = [buf[m * t.start:m * t.stop].reshape(m, t.stop - t.start) for t in tiles]
-        # The tiles in HEAD_GROUPS contiguous groups, each with its own partial
-        # sums; the groups run side by side on two threads (one BLAS thread
-        # each) when there are two, one after the other otherwise: the same
-        # sums, in the same order, either way.
-        k = -(-len(tiles) // HEAD_GROUPS)
-        groups = [range(g, min(g + k, len(tiles))) for g in range(0, len(tiles), k)]
 
         def each_tile(step):                                                 # step(g, i): group g, tile i
             run_split_blas(lambda part: [step(g, i) for g in part for i in groups[g]],
