@@ -264,3 +264,16 @@ def test_importing_minibert4rec_first_shortens_the_openblas_spin():
     assert run("pass") == ["16", "True"]
     assert run("import numpy") == ["None", "False"]                  # too late to matter: left alone
     assert run("pass", OPENBLAS_THREAD_TIMEOUT="28") == ["28", "False"]   # the user's choice wins
+
+
+def test_head_kernel_probe_script_times_the_four_phases():
+    """benchmarks/head_kernel_probe.py (issue 5's evidence) runs and its shares add up, at a tiny shape."""
+    import os
+    import re
+    script = os.path.join(os.path.dirname(__file__), "..", "benchmarks", "head_kernel_probe.py")
+    out = subprocess.run([sys.executable, script, "--rows", "64", "--vocab", "3000", "--repeats", "1"],
+                         capture_output=True, text=True, check=True).stdout
+    shares = [float(s) for s in re.findall(r"^(?:logits|exp,|z E|dE) .*?\s([\d.]+)%", out, re.M)]
+    assert len(shares) == 4 and abs(sum(shares) - 100.0) < 0.5, out
+    assert "head (these four)" in out and "one logits tile (64 x 65) @ (65 x" in out
+    assert ("numba loop kernel" in out) or ("numba not installed" in out)
