@@ -1,7 +1,7 @@
 """Optional: what a compiled, fused output-head kernel could buy (issue 5's 0.5 efficiency).
 
     python benchmarks/head_kernel_probe.py                 # OpenBLAS phases of the head, one thread
-    pip install numba && python benchmarks/head_kernel_probe.py   # adds a compiled loop kernel
+    pip install numba mkl && python benchmarks/head_kernel_probe.py   # + a compiled loop kernel, + MKL
 
 On Beauty the output head (model.tied_output_loss) is ~75 % of a training step and
 ~95 % of its FLOPs. This script times its phases for one chunk of m masked rows on
@@ -18,7 +18,9 @@ the exp into the matmul (the usual answer on a GPU) could save at most the exp
 row; it would also have to run the skinny matmuls at OpenBLAS's speed. With numba
 installed, the script times a register-blocked loop kernel (numba compiles it
 with LLVM for this CPU) on the logits tile to show how far a compiled loop nest
-without a hand-tuned BLAS micro-kernel is from that. minibert4rec never imports numba.
+without a hand-tuned BLAS micro-kernel is from that. With Intel MKL installed
+(``pip install mkl``), it times the same phases with MKL's sgemm, the other BLAS
+NumPy could be built on. minibert4rec never imports numba or MKL.
 """
 from __future__ import annotations
 
@@ -75,6 +77,41 @@ def numba_logits_kernel():
     return logits
 
 
+def mkl_sgemm():
+    """Intel MKL's cblas_sgemm on ONE thread as matmul(a, b, out, ta, tb), or None without MKL.
+
+    For C-contiguous float32 arrays: out = op(a) @ op(b), op the transpose where ta / tb.
+    MKL comes from ``pip install mkl`` (libmkl_rt); NumPy's own BLAS stays OpenBLAS.
+    """
+    import ctypes
+    import ctypes.util
+    import glob
+    names = sorted(glob.glob(os.path.join(sys.prefix, "lib", "libmkl_rt.so*")))
+    names += [ctypes.util.find_library("mkl_rt")] if ctypes.util.find_library("mkl_rt") else []
+    lib = None
+    for name in names:
+        try:
+            lib = ctypes.CDLL(name)
+            break
+        except OSError:
+            continue
+    if lib is None:
+        return None
+    lib.MKL_Set_Num_Threads(1)
+    c_int, c_float, c_ptr = ctypes.c_int, ctypes.c_float, ctypes.c_void_p
+    lib.cblas_sgemm.argtypes = [c_int] * 6 + [c_float, c_ptr, c_int, c_ptr, c_int, c_float, c_ptr, c_int]
+    row_major, no_trans, trans = 101, 111, 112
+
+    def matmul(x, y, out, tx, ty):
+        for arr in (x, y, out):
+            assert arr.dtype == np.float32 and arr.flags.c_contiguous
+        k = x.shape[0] if tx else x.shape[1]
+        lib.cblas_sgemm(row_major, trans if tx else no_trans, trans if ty else no_trans,
+                        out.shape[0], out.shape[1], k, 1.0, x.ctypes.data, x.shape[1],
+                        y.ctypes.data, y.shape[1], 0.0, out.ctypes.data, out.shape[1])
+    return matmul
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--rows", type=int, default=1024, help="masked rows in the chunk (the head's chunk: 1024)")
@@ -92,29 +129,40 @@ def main(argv=None):
     dEb = np.empty((V, D + 1), np.float32)
     zE = np.zeros((m, D + 1), np.float32)
 
-    def first_pass(upto):                                     # the head's first pass, cut after
-        for t, z in zip(tiles, z_of):                         # phase ``upto`` (1, 2 or 3)
-            np.matmul(n1, Eb[t].T, out=z)
-            if upto > 1:
-                np.exp(z, out=z)
-            if upto > 2:
-                zE[...] += z @ Eb[t]
+    tmp = np.empty((m, D + 1), np.float32)
 
-    def d_E():                                                # the second pass, after the row sums
-        for t, z in zip(tiles, z_of):
-            np.matmul(z.T, n1, out=dEb[t])
+    def phases(matmul):
+        """Seconds of the head's phases with ``matmul(a, b, out, ta, tb)``: out = a(^T) @ b(^T)."""
+        def first_pass(upto):                                 # the head's first pass, cut after
+            for t, z in zip(tiles, z_of):                     # phase ``upto`` (1, 2 or 3)
+                matmul(n1, Eb[t], z, False, True)
+                if upto > 1:
+                    np.exp(z, out=z)
+                if upto > 2:
+                    matmul(z, Eb[t], tmp, False, False)
+                    zE[...] += tmp
 
-    flop = 2.0 * m * V * (D + 1)                              # each of the three products
-    with blas_thread_limit(1):
+        def d_E():                                            # the second pass, after the row sums
+            for t, z in zip(tiles, z_of):
+                matmul(z, n1, dEb[t], True, False)
         # each phase as the difference of cumulative times, so the values and the
         # cache are what the head sees (z E reads the tile exp just wrote)
         t1, t2, t3 = (median_seconds(lambda: first_pass(k), a.repeats) for k in (1, 2, 3))
-        t_logits, t_exp, t_ze = t1, max(t2 - t1, 0.0), max(t3 - t2, 0.0)
-        t_de = median_seconds(d_E, a.repeats)
+        return {"logits": t1, "exp": max(t2 - t1, 0.0), "zE": max(t3 - t2, 0.0),
+                "dE": median_seconds(d_E, a.repeats), "first_pass": first_pass}
+
+    def numpy_matmul(x, y, out, tx, ty):
+        np.matmul(x.T if tx else x, y.T if ty else y, out=out)
+
+    flop = 2.0 * m * V * (D + 1)                              # each of the three products
+    mkl = mkl_sgemm()
+    with blas_thread_limit(1):
+        ph = phases(numpy_matmul)
+        t_logits, t_exp, t_ze, t_de = ph["logits"], ph["exp"], ph["zE"], ph["dE"]
         small = np.empty((m, tiles[0].stop - tiles[0].start), np.float32)     # one cache-sized tile
 
         def recompute():                                      # the alternative to storing the logits:
-            first_pass(3)                                     # compute them again, tile by tile, in
+            ph["first_pass"](3)                               # compute them again, tile by tile, in
             for t in tiles:                                   # the cache for the dE pass
                 z = small[:, :t.stop - t.start]
                 np.matmul(n1, Eb[t].T, out=z)
@@ -133,6 +181,11 @@ def main(argv=None):
             kernel(A, Bt, C)
             assert np.allclose(C, A @ Bt, atol=1e-4), "the loop kernel computes something else"
             t_tile_numba = median_seconds(lambda: kernel(A, Bt, C), 5 * a.repeats)
+        ph_mkl = None
+        if mkl is not None:
+            mkl(n1, Eb[:width], C, False, True)
+            assert np.allclose(C, A @ Bt, atol=1e-4), "MKL's sgemm computes something else"
+            ph_mkl = phases(mkl)
 
     total = t_logits + t_exp + t_ze + t_de
     print(f"output head, one chunk of m={m} rows x V={V:,} items, D+1={D + 1}, tiles of {width} "
@@ -146,7 +199,17 @@ def main(argv=None):
         print(f"{name:<44s} {t * 1e3:7.1f} {t / total:6.1%} {g}")
     print(f"{'head (these four)':<44s} {total * 1e3:7.1f} {1:6.0%} {3 * flop / total / 1e9:8.0f} "
           f"{3 * flop / total / 1e9 / peak:8.0%}")
-    print(f"\nthe logits computed twice instead of stored: {t_recompute * 1e3:.1f} ms "
+    print()
+    if ph_mkl is None:
+        print("(Intel MKL not found: pip install mkl to time the same phases with its sgemm)")
+    else:
+        tm = ph_mkl["logits"] + ph_mkl["exp"] + ph_mkl["zE"] + ph_mkl["dE"]
+        print("the same phases with Intel MKL's sgemm (one thread): " + ", ".join(
+            f"{k} {ph_mkl[k] * 1e3:.1f} ms" + (f" ({flop / ph_mkl[k] / 1e9:.0f} GFLOP/s)" if k != "exp" else "")
+            for k in ("logits", "exp", "zE", "dE")))
+        print(f"  head {tm * 1e3:.1f} ms, {3 * flop / tm / 1e9:.0f} GFLOP/s, "
+              f"{3 * flop / tm / 1e9 / peak:.0%} of NumPy's peak")
+    print(f"the logits computed twice instead of stored: {t_recompute * 1e3:.1f} ms "
           f"({3 * flop / t_recompute / 1e9:.0f} GFLOP/s)")
     print(f"exp fused into the matmul for free: at most {3 * flop / (total - t_exp) / 1e9:.0f} GFLOP/s "
           f"({3 * flop / (total - t_exp) / 1e9 / peak:.0%} of peak) for the head")
