@@ -80,17 +80,17 @@ def residual_layernorm_backward(dout, cache):
 
 
 def block_forward(x, p, H, mask=None, hidden_dropout=0.0, attention_dropout=0.0,
-                  rng=None, train=True, gelu="erf"):
-    """One BERT encoder layer.
+                  rng=None, train=True, gelu="erf", eps=1e-12):
+    """One BERT encoder layer (eps: its two LayerNorms' epsilon).
 
     x: (B, T, D)   p: the block's parameters (see the module docstring)
     mask: additive attention mask broadcastable to (B, H, T, T), or None
     Returns (out (B, T, D), attention weights (B, H, T, T), cache).
     """
     att, weights, c_att = mha_forward(x, p, H, mask, attention_dropout, rng, train)
-    a, c_ln1 = residual_layernorm_forward(x, att, p["ln1_g"], p["ln1_b"], hidden_dropout, rng, train)
+    a, c_ln1 = residual_layernorm_forward(x, att, p["ln1_g"], p["ln1_b"], hidden_dropout, rng, train, eps)
     f, c_ffn = ffn_forward(a, p, gelu)
-    out, c_ln2 = residual_layernorm_forward(a, f, p["ln2_g"], p["ln2_b"], hidden_dropout, rng, train)
+    out, c_ln2 = residual_layernorm_forward(a, f, p["ln2_g"], p["ln2_b"], hidden_dropout, rng, train, eps)
     return out, weights, (c_att, c_ln1, c_ffn, c_ln2)
 
 

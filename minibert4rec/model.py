@@ -409,7 +409,7 @@ class BERT4Rec:
         block_caches, weights = [], []
         for l in range(cfg.layers):
             x, w, c = block_forward(x, block_view(p, l), cfg.heads, mask, cfg.hidden_dropout,
-                                    cfg.attention_dropout, rng, train, cfg.gelu)
+                                    cfg.attention_dropout, rng, train, cfg.gelu, cfg.ln_eps)
             block_caches.append(c)
             weights.append(w)
         self.attention = np.stack(weights) if keep_attention else None          # (L, B, H, T, T)

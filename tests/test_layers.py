@@ -238,6 +238,22 @@ def test_model_exposes_attention_of_every_layer_and_head():
     assert np.all(model.attention[:, 1, :, :, 3:] < 1e-6)               # padded keys
 
 
+
+def test_every_layernorm_uses_the_configured_epsilon(monkeypatch):
+    """Config.ln_eps reaches all 2 + 2 L LayerNorms: embedding, both per block, head."""
+    seen = []
+    original = Ly.layernorm_forward
+
+    def recording(x, gamma, beta, eps=1e-12):
+        seen.append(eps)
+        return original(x, gamma, beta, eps)
+    for module in (Enc, Mo):
+        monkeypatch.setattr(module, "layernorm_forward", recording)
+    model = Mo.BERT4Rec(Mo.Config(vocab_size=12, max_len=6, hidden=12, layers=2, heads=3, ln_eps=1e-3))
+    model.score_next(np.array([[1, 2, 3, 11, 0], [4, 5, 11, 0, 0]]))
+    assert seen == [1e-3] * 6, seen
+
+
 # --- blockwise: the cache-blocked evaluation changes the speed, never the numbers
 
 def _whole(f):
