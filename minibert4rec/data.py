@@ -9,7 +9,7 @@ Vocabulary (as in the authors' code)
 ------------------------------------
 Item ids are remapped to small integers so they can index an embedding table:
 
-* ``0`` is padding (short sequences are left-padded with it),
+* ``0`` is padding (short sequences are right-padded with it: items first, then zeros),
 * ``1 .. n_items`` are real items, most frequent first (ties: first appearance),
 * ``n_items + 1`` is the ``[MASK]`` token of the Cloze task.
 

@@ -386,7 +386,7 @@ def additive_mask(key_mask, causal=False, dtype=np.float32):
     """Build the additive attention mask from a padding mask (and causality).
 
     key_mask: (B, Tk) bool, True = a real key, False = padding (may be None)
-    returns:  (B, 1, Tq, Tk) or (B, 1, 1, Tk) or (1, 1, T, T) additive mask, or None
+    returns:  (B, 1, T, T) with causal=True, (B, 1, 1, Tk) without, or None when both are absent
 
     A masked entry gets MASK_VALUE (-10000, as the authors), the rest 0. The
     mask is ADDED to the scores, so exp() makes masked weights ~ e^-10000 = 0.
