@@ -40,8 +40,10 @@ def make_windows(sequences, max_len, step):
 
     sequences: list of int arrays;  step: distance between window starts (>= 1)
     Returns (windows (W, N) int64 right-padded with 0, lengths (W,) int64).
-    A sequence of length <= N gives one window; a longer one gives the windows
-    starting at 0, step, 2 step, ... plus one ending at its last item.
+    A sequence of length n <= N gives one window; a longer one gives, as the
+    authors' gen_data_fin.py, the windows that END at n, n - step, n - 2 step,
+    ... (while they start after 0), plus the one starting at 0, in order of
+    position: n = 57, N = 50, step 5 -> starts 0, 2, 7.
     """
     step = max(1, int(step))
     rows = []
@@ -50,7 +52,7 @@ def make_windows(sequences, max_len, step):
         if n <= max_len:
             rows.append(s)
             continue
-        starts = list(range(0, n - max_len, step)) + [n - max_len]
+        starts = [0] + list(range(n - max_len, 0, -step))[::-1]
         rows.extend(s[a:a + max_len] for a in starts)
     lengths = np.fromiter((len(r) for r in rows), dtype=np.int64, count=len(rows))
     windows = np.zeros((len(rows), max_len), dtype=np.int64)
@@ -64,7 +66,10 @@ def cloze_masks(lengths, max_len, mask_ratio, max_predictions, rng):
 
     lengths: (W,) window lengths  ->  (W, N) bool, True = masked.
     Row i has exactly k_i = min(max_predictions, max(1, round(len_i * ratio)))
-    True entries, uniformly among its first len_i positions.
+    True entries, uniformly among its first len_i positions. round() takes
+    halves to even (np.rint, as Python 3's round); Python 2 rounded them up,
+    which no preset's ratio x length can tell apart (0.6, 0.2, 0.4 never give
+    a half).
     """
     W = len(lengths)
     k = np.minimum(max_predictions, np.maximum(1, np.rint(lengths * mask_ratio))).astype(np.int64)

@@ -325,6 +325,17 @@ class _Interrupt:
             signal.signal(signal.SIGINT, self._old)
 
 
+def validation_negatives(split, popularity, n_negatives, seed):
+    """(U, n_negatives) sampled negatives for the validation item of every user.
+
+    Like the test's, they avoid every item the user interacted with: the
+    validation input, the validation item AND the test item (not in the
+    validation input, but the user's all the same).
+    """
+    everything = [np.append(h, t) for h, t in zip(split.valid_input, split.test_target)]
+    return ev.sample_negatives(everything, split.valid_target, popularity, n_negatives, seed=seed)
+
+
 def train(tcfg: TrainConfig, run_dir, resume=False, log=print):
     """Train (or resume) a run; see _train. ``tcfg.threads`` limits BLAS threads meanwhile."""
     from .threads import blas_thread_limit, keep_freed_memory
@@ -376,8 +387,7 @@ def _train(tcfg: TrainConfig, run_dir, resume=False, log=print):
                           warmup=tcfg.warmup, total_steps=steps_per_epoch * tcfg.decay_epochs,
                           clip_norm=tcfg.clip_norm)
     popularity = ds.popularity()
-    valid_neg = ev.sample_negatives(split.valid_input, split.valid_target, popularity,
-                                    tcfg.n_negatives, seed=tcfg.seed)
+    valid_neg = validation_negatives(split, popularity, tcfg.n_negatives, tcfg.seed)
 
     conf = {"format_version": FORMAT_VERSION, "model": mcfg.to_dict(), "train": asdict(tcfg),
             "dataset": {"name": ds.name, "n_users": ds.n_users, "n_items": ds.n_items}}

@@ -9,9 +9,17 @@ def test_sliding_windows():
     seq = np.arange(1, 13)                                   # 12 items, N = 5, step 3
     w, lengths = make_windows([seq, np.array([7, 8])], max_len=5, step=3)
     starts = [int(r[0]) - 1 for r in w[:-1]]
-    assert starts == [0, 3, 6, 7]                            # ... and the last ends at the end
+    assert starts == [0, 1, 4, 7]                            # stepped back from the end, plus 0
     assert np.array_equal(w[3], [8, 9, 10, 11, 12])
     assert np.array_equal(w[4], [7, 8, 0, 0, 0]) and list(lengths) == [5, 5, 5, 5, 2]
+
+
+@pytest.mark.parametrize("n, starts", [(57, [0, 2, 7]), (63, [0, 3, 8, 13]), (60, [0, 5, 10]),
+                                       (51, [0, 1]), (50, [0])])
+def test_window_starts_are_the_authors(n, starts):
+    """gen_data_fin.py: beg_idx = range(n - N, 0, -step) + [0], in order (N = 50, step 5 as Beauty)."""
+    w, _ = make_windows([np.arange(1, n + 1)], max_len=50, step=5)
+    assert [int(r[0]) - 1 for r in w] == starts
 
 
 def test_mask_counts_follow_the_authors_rule():

@@ -73,9 +73,12 @@ def test_same_seed_same_metrics_other_seed_differs(run3, tmp_path):
 
 def test_training_beats_popularity_on_synthetic(tmp_path):
     from minibert4rec.train import popularity_metrics
-    cfg = TrainConfig(epochs=5, **{**TINY, "hidden": 32, "layers": 1, "synthetic_users": 1000,
-                                   "decay_epochs": 5, "batch_size": 64, "max_len": 20,
-                                   "threads": 1, "holdout_validation": True})
+    # 8 epochs at lr 2e-3 (warm-up 30): sampled NDCG@10 0.41-0.45 for seeds 0-4, popularity
+    # 0.22. The former 5 epochs at lr 3e-3 (warm-up 10) stayed at the popularity level for
+    # some seeds (0.22-0.43): it passed for seed 0 by luck of the draw.
+    cfg = TrainConfig(epochs=8, **{**TINY, "hidden": 32, "layers": 1, "synthetic_users": 1000,
+                                   "decay_epochs": 8, "batch_size": 64, "max_len": 20, "lr": 2e-3,
+                                   "warmup": 30, "threads": 1, "holdout_validation": True})
     m = train(cfg, tmp_path / "learn", log=quiet)
     pop = popularity_metrics(dataset_of(cfg))
     assert m["sampled"]["NDCG@10"] > pop["sampled"]["NDCG@10"] + 0.1
@@ -198,3 +201,15 @@ def test_evaluate_negatives_seed(run3, capsys):
     assert sampled("--negatives-seed", "5") != metrics["sampled"]
     assert cli.main(["evaluate", "--run", str(d), "--negatives-seed", "5", "--save"]) == 2
     assert "--negatives-seed" in capsys.readouterr().err
+
+
+def test_validation_negatives_avoid_every_item_of_the_user_including_the_test_item():
+    from minibert4rec import data
+    from minibert4rec.train import validation_negatives
+    ds = data.synthetic(n_users=300, n_items=60, seed=3)
+    split = data.leave_one_out(ds)
+    neg = validation_negatives(split, ds.popularity(), 20, seed=0)
+    assert neg.shape == (300, 20)
+    for u in range(300):
+        own = set(split.valid_input[u]) | {split.valid_target[u], split.test_target[u]}
+        assert not own & set(neg[u].tolist()), u
