@@ -816,13 +816,14 @@ def format_report(r: dict) -> str:
 
 def add_arguments(parser):
     """The bench command's options (argparse), for ``cli.py``."""
+    from .errors import int_at_least
     parser.add_argument("--config", default="beauty", choices=sorted(CONFIGS),
                         help="the shape to benchmark (default beauty)")
-    parser.add_argument("--steps", type=int, default=20, help="timed training steps (default 20)")
-    parser.add_argument("--warmup", type=int, default=3, help="untimed steps first (default 3)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the synthetic data (default 0)")
-    parser.add_argument("--threads", type=int, help="limit OpenBLAS to this many threads")
-    parser.add_argument("--cloze-copies", type=int, metavar="K",
+    parser.add_argument("--steps", type=int_at_least(1), default=20, help="timed training steps (default 20)")
+    parser.add_argument("--warmup", type=int_at_least(0), default=3, help="untimed steps first (default 3)")
+    parser.add_argument("--seed", type=int_at_least(0), default=0, help="seed of the synthetic data (default 0)")
+    parser.add_argument("--threads", type=int_at_least(1), help="limit OpenBLAS to this many threads")
+    parser.add_argument("--cloze-copies", type=int_at_least(1), metavar="K",
                         help="cloze instances per window beside the mask-last one in the "
                              "batches (default: the configuration's, as training: 10 for beauty "
                              "and ml-1m; 1 gives the old 1 + 1 mix)")

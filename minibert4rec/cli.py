@@ -15,7 +15,7 @@ import json
 import os
 import sys
 
-from .errors import InputError
+from .errors import InputError, int_at_least
 
 
 def cmd_gradcheck(args) -> int:
@@ -43,7 +43,7 @@ def _print_metrics_table(rows: dict, protocol_names=("sampled", "full")):
         present = [(label, m[proto]) for label, m in rows.items() if proto in m]
         if not present:
             continue
-        print(f"\n{proto} protocol" + (" (true item vs 100 popularity-sampled negatives)"
+        print(f"\n{proto} protocol" + (" (true item vs popularity-sampled negatives)"
                                         if proto == "sampled" else " (true item vs all items)"))
         print(f"{'':22s}" + "".join(f"{k:>9s}" for k in METRIC_KEYS))
         for label, m in present:
@@ -55,7 +55,7 @@ def _train_config(args):
     keys = ("dataset", "data_dir", "epochs", "minutes", "seed", "lr", "batch_size", "hidden",
             "layers", "heads", "max_len", "mask_ratio", "position", "attention", "gelu",
             "warmup", "track_test", "min_interactions", "decay_epochs", "threads",
-            "holdout_validation", "cloze_copies")
+            "holdout_validation", "cloze_copies", "n_negatives")
     kw = {k: getattr(args, k) for k in keys if getattr(args, k, None) is not None}
     if getattr(args, "dropout", None) is not None:
         kw["hidden_dropout"] = args.dropout
@@ -76,11 +76,14 @@ def cmd_train(args) -> int:
     metrics = train(tcfg, run_dir, resume=bool(args.resume))
     if metrics is None:                       # Ctrl-C: checkpoint saved, nothing to report
         return 0
-    ds = dataset_of(tcfg.resolved()) if not args.resume else None
+    if args.resume:                           # the run's own settings, as training used them
+        from .train import TrainConfig, load_json
+        conf = load_json(os.path.join(run_dir, "config.json"))["train"]
+        tcfg = TrainConfig(**{"cloze_copies": 1, **conf, "data_dir": args.data_dir or conf["data_dir"]})
+    ds = dataset_of(tcfg.resolved())
     label = "BERT4Rec (this run)" if tcfg.attention == "bidirectional" else "causal (this run)"
-    rows = {label: metrics}
-    if ds is not None:
-        rows["popularity baseline"] = popularity_metrics(ds, seed=tcfg.seed)
+    rows = {label: metrics, "popularity baseline": popularity_metrics(ds, seed=tcfg.seed,
+                                                                      n_negatives=tcfg.n_negatives)}
     _print_metrics_table(rows)
     print(f"\nrun directory: {run_dir} (metrics.json, config.json, weights.npz)")
     return 0
@@ -96,14 +99,17 @@ def cmd_evaluate(args) -> int:
     if args.save and seed != tcfg.seed:
         raise InputError("--save keeps metrics.json comparable with the run's own: it cannot be "
                          "combined with --negatives-seed")
-    metrics = test_metrics(model, ds, protocol=args.protocol, seed=seed, progress=not args.json)
-    if args.save:
-        from .train import save_json
-        save_json(os.path.join(args.run, "metrics.json"), metrics)
-    if args.json:
-        print(json.dumps(metrics, indent=1))
+    metrics = test_metrics(model, ds, protocol=args.protocol, seed=seed, progress=not args.json,
+                           n_negatives=tcfg.n_negatives)
+    if args.save:                             # one protocol updates its block, keeps the other
+        from .train import load_json, save_json
+        path = os.path.join(args.run, "metrics.json")
+        saved = load_json(path) if os.path.exists(path) else {}
+        save_json(path, {**saved, **metrics})
+    pop = popularity_metrics(ds, protocol=args.protocol, seed=seed, n_negatives=tcfg.n_negatives)
+    if args.json:                             # the run's {sampled, full} + the baseline's
+        print(json.dumps({**metrics, "popularity": pop}, indent=1))
         return 0
-    pop = popularity_metrics(ds, protocol=args.protocol, seed=seed)
     _print_metrics_table({"BERT4Rec": metrics, "popularity baseline": pop})
     return 0
 
@@ -128,7 +134,12 @@ def cmd_recommend(args) -> int:
     if not args.include_seen:
         scores[history] = -np.inf
     top = np.argsort(-scores, kind="stable")[:args.k]
-    print(f"top {args.k} next items after {' '.join(args.items)}:")
+    top = top[np.isfinite(scores[top])]                      # never padding, [MASK] or (unless
+    if len(top) == 0:                                         # --include-seen) the history
+        raise InputError(f"no item left to recommend: the history holds all {len(raw)} items "
+                         f"the model knows (add --include-seen)")
+    shown = "" if len(top) == args.k else f" (only {len(top)} items left outside the history)"
+    print(f"top {len(top)} next items after {' '.join(args.items)}{shown}:")
     for rank, i in enumerate(top, 1):
         print(f"{rank:3d}. {raw[i - 1]:>12s}   score {scores[i]:.3f}")
     return 0
@@ -237,7 +248,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "differences (float64, random upstream gradient); exit 1 if any fails.")
     p.add_argument("--json", action="store_true",
                    help="print a JSON list of {component, tensor, max_rel_error, passed}")
-    p.add_argument("--seed", type=int, default=0, help="seed of the random inputs (default 0)")
+    p.add_argument("--seed", type=int_at_least(0), default=0, help="seed of the random inputs (default 0)")
     p.set_defaults(func=cmd_gradcheck)
 
     p = sub.add_parser("train", help="train BERT4Rec on a dataset",
@@ -279,6 +290,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--holdout-validation", action="store_true", default=None,
                    help="never train on the validation item (the authors do, which makes "
                         "validation metrics optimistic)")
+    p.add_argument("--negatives", dest="n_negatives", type=int, metavar="N",
+                   help="sampled negatives per user in the sampled protocol (default 100, as the "
+                        "paper); small data sets need fewer")
     p.add_argument("--threads", type=int, help="BLAS threads (default: NumPy's); 1 is faster "
                                                "when other work shares the cores")
     p.add_argument("--out", metavar="RUN_DIR", help="run directory (default runs/DATASET)")
@@ -294,7 +308,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")
     p.add_argument("--save", action="store_true",
                    help="also write RUN_DIR/metrics.json (e.g. after a run stopped by Ctrl-C)")
-    p.add_argument("--negatives-seed", type=int, metavar="S",
+    p.add_argument("--negatives-seed", type=int_at_least(0), metavar="S",
                    help="seed of the sampled protocol's negatives (default: the run's --seed); "
                         "to compare runs of different seeds on the same negatives")
     p.set_defaults(func=cmd_evaluate)
@@ -304,7 +318,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "(original ids, oldest first).")
     p.add_argument("--run", required=True, metavar="RUN_DIR")
     p.add_argument("--items", nargs="+", required=True, metavar="ID")
-    p.add_argument("--k", type=int, default=10)
+    p.add_argument("--k", type=int_at_least(1), default=10, help="how many items (default 10)")
     p.add_argument("--include-seen", action="store_true",
                    help="allow items already in the history")
     p.set_defaults(func=cmd_recommend)
@@ -315,7 +329,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "measured (attention_stats.json).")
     p.add_argument("--run", required=True, metavar="RUN_DIR")
     p.add_argument("--out", metavar="DIR", help="output folder (default RUN_DIR/attention)")
-    p.add_argument("--last", type=int, default=10, help="window of last positions (default 10)")
+    p.add_argument("--last", type=int_at_least(2), default=10, help="window of last positions (default 10)")
     p.add_argument("--causal-run", metavar="RUN_DIR",
                    help="a causal model trained the same way, for observation (d)")
     p.add_argument("--data-dir", help="where the run's dataset lives")
@@ -328,7 +342,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "heat-maps.")
     p.add_argument("--out", default=os.path.join("figures", "demo"), metavar="DIR",
                    help="where the PNGs go (default figures/demo)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int_at_least(0), default=0)
     p.add_argument("--run-dir", default=os.path.join("runs", "demo"),
                    help="checkpoint directory (default runs/demo)")
     p.add_argument("--no-progress", action="store_true")
@@ -353,10 +367,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run", metavar="RUN_DIR", help="trained BERT4Rec run (e.g. runs/beauty)")
     p.add_argument("--causal-run", metavar="RUN_DIR", help="causal model trained the same way")
     p.add_argument("--out", default="figures", metavar="DIR")
-    p.add_argument("--last", type=int, default=10)
+    p.add_argument("--last", type=int_at_least(2), default=10)
     p.add_argument("--data-dir")
     p.add_argument("--no-bench", action="store_true", help="skip the (slow) scaling benchmark")
-    p.add_argument("--bench-steps", type=int, default=5)
+    p.add_argument("--bench-steps", type=int_at_least(1), default=5)
     p.set_defaults(func=cmd_figures)
 
     from . import bench

@@ -16,3 +16,23 @@ def at(path, line: int | None, message: str) -> InputError:
     """Build an InputError located at ``path:line`` (line is 1-based, or None)."""
     where = f"{path}:{line}" if line is not None else f"{path}"
     return InputError(f"{where}: {message}")
+
+
+def int_at_least(minimum: int):
+    """An argparse ``type`` for integer options that must be >= minimum.
+
+    A bad value (``--seed -1``, ``--threads 0``) then ends with argparse's one-line
+    ``error: argument --seed: must be an integer >= 0, got -1`` and exit status 2.
+    """
+    import argparse
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be an integer >= {minimum}, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be an integer >= {minimum}, got {value}")
+        return value
+    parse.__name__ = f"integer >= {minimum}"
+    return parse

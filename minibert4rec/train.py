@@ -130,6 +130,16 @@ class TrainConfig:
             bad(f"cloze copies must be >= 1, got {self.cloze_copies}")
         if self.max_predictions < 1:
             bad(f"max predictions must be >= 1, got {self.max_predictions}")
+        if self.seed < 0:
+            bad(f"seed must be >= 0, got {self.seed}")
+        if self.warmup < 0:
+            bad(f"warm-up steps must be >= 0, got {self.warmup}")
+        if self.threads is not None and self.threads < 1:
+            bad(f"threads must be >= 1 (or None: NumPy's default), got {self.threads}")
+        if self.n_negatives < 1:
+            bad(f"negatives must be >= 1, got {self.n_negatives}")
+        if self.sliding_step < 1:
+            bad(f"sliding step must be >= 1, got {self.sliding_step}")
         if self.min_interactions < 3:
             bad(f"min interactions must be >= 3 (train, validation and test items), "
                 f"got {self.min_interactions}")
@@ -187,6 +197,11 @@ def load_npz(path) -> dict:
     path = os.fspath(path)
     if not os.path.exists(path):
         raise FileNotFoundError(2, "checkpoint file not found", path)
+    with open(path, "rb") as f:
+        magic = f.read(2)
+    if magic not in (b"PK", b"\x80", b""):   # .npz is a zip file; \x80 opens a pickle
+        raise InputError(f"{path}: not a checkpoint file (a .npz zip archive of arrays); "
+                         f"it starts with {magic!r}")
     try:
         with np.load(path, allow_pickle=False) as z:
             return {k: z[k] for k in z.files}
@@ -274,26 +289,29 @@ def dataset_of(tcfg: TrainConfig) -> Dataset:
 
 
 def evaluate_model(model, histories, targets, popularity, protocol="both", negatives=None,
-                   seed=0, batch_size=256, progress=False, desc="evaluate"):
+                   seed=0, batch_size=256, progress=False, desc="evaluate", n_negatives=100):
     """Metrics of ``model`` predicting ``targets`` after ``histories`` (see evaluate.py)."""
     return ev.evaluate(model.score_next, histories, targets, protocol=protocol,
                        negatives=negatives, popularity=popularity, seed=seed,
+                       n_negatives=n_negatives,
                        batch_size=batch_size, progress=progress, desc=desc,
                        candidate_fn=model.score_candidates)
 
 
 def test_metrics(model, ds: Dataset, split=None, protocol="both", seed=0, batch_size=256,
-                 progress=False):
+                 progress=False, n_negatives=100):
     """The paper's protocol on the test split (last item of every user)."""
     split = split or leave_one_out(ds)
     return evaluate_model(model, split.test_input, split.test_target, ds.popularity(), protocol,
-                          seed=seed, batch_size=batch_size, progress=progress, desc="test")
+                          seed=seed, batch_size=batch_size, progress=progress, desc="test",
+                          n_negatives=n_negatives)
 
 
-def popularity_metrics(ds: Dataset, split=None, protocol="both", seed=0):
+def popularity_metrics(ds: Dataset, split=None, protocol="both", seed=0, n_negatives=100):
     split = split or leave_one_out(ds)
     return ev.evaluate(ev.popularity_scorer(ds.popularity()), split.test_input, split.test_target,
-                       protocol=protocol, popularity=ds.popularity(), seed=seed)
+                       protocol=protocol, popularity=ds.popularity(), seed=seed,
+                       n_negatives=n_negatives)
 
 
 # ----------------------------------------------------------------------------
@@ -357,7 +375,6 @@ def _train(tcfg: TrainConfig, run_dir, resume=False, log=print):
     state = None
     if resume:
         model, old_cfg, conf = load_run(run_dir, which="last")
-        # the run's own settings, except what may change on resume
         # the run's own settings, except the length, the budget and where the data is;
         # the decay horizon stays (so resuming is exact) unless training now goes past it
         decay = max(old_cfg.decay_epochs or old_cfg.epochs, tcfg.epochs)
@@ -387,7 +404,12 @@ def _train(tcfg: TrainConfig, run_dir, resume=False, log=print):
                           warmup=tcfg.warmup, total_steps=steps_per_epoch * tcfg.decay_epochs,
                           clip_norm=tcfg.clip_norm)
     popularity = ds.popularity()
-    valid_neg = validation_negatives(split, popularity, tcfg.n_negatives, tcfg.seed)
+    try:
+        valid_neg = validation_negatives(split, popularity, tcfg.n_negatives, tcfg.seed)
+    except InputError as e:
+        raise InputError(f"{tcfg.dataset}: too few items for the sampled protocol's "
+                         f"{tcfg.n_negatives} negatives per user ({e}); give --negatives N "
+                         f"with a smaller N") from None
 
     conf = {"format_version": FORMAT_VERSION, "model": mcfg.to_dict(), "train": asdict(tcfg),
             "dataset": {"name": ds.name, "n_users": ds.n_users, "n_items": ds.n_items}}
@@ -415,6 +437,7 @@ def _train(tcfg: TrainConfig, run_dir, resume=False, log=print):
     def validate():
         return evaluate_model(model, split.valid_input, split.valid_target, popularity,
                               "sampled", negatives=valid_neg, seed=tcfg.seed,
+                              n_negatives=tcfg.n_negatives,
                               batch_size=tcfg.eval_batch_size)["sampled"]
 
     log(f"{ds.name}: {ds.n_users} users, {ds.n_items} items; {len(sampler.lengths)} windows, "
@@ -422,6 +445,9 @@ def _train(tcfg: TrainConfig, run_dir, resume=False, log=print):
         f"model D={mcfg.hidden} L={mcfg.layers} H={mcfg.heads} N={mcfg.max_len}")
     started = time.perf_counter() - state["elapsed"]
     stop_reason = None
+    if state["epoch"] >= tcfg.epochs:
+        log(f"{run_dir} has trained {state['epoch']} epochs already, --epochs is {tcfg.epochs}: "
+            f"nothing to train (give a larger --epochs to continue)")
     with _Interrupt() as interrupt:
         while state["epoch"] < tcfg.epochs and stop_reason is None:
             epoch_rng = _rng_from_state(state["data_rng"])        # the epoch-start state
@@ -429,7 +455,11 @@ def _train(tcfg: TrainConfig, run_dir, resume=False, log=print):
             bar = tqdm(total=steps_per_epoch, initial=state["batch"], disable=not tcfg.progress,
                        desc=f"epoch {state['epoch'] + 1}/{tcfg.epochs}", unit="batch",
                        dynamic_ncols=True, leave=False)
-            seen, t_epoch, losses = 0, time.perf_counter(), []
+            seen, t_epoch = 0, time.perf_counter()
+            # the epoch's loss so far: a sum and a count, kept in state.json so that an
+            # epoch resumed after Ctrl-C reports the mean over ALL its batches
+            state.setdefault("loss_sum", 0.0)
+            state.setdefault("loss_batches", 0)
             for i, batch in enumerate(batches):
                 if i < state["batch"]:
                     continue                                       # done before the resume
@@ -445,7 +475,8 @@ def _train(tcfg: TrainConfig, run_dir, resume=False, log=print):
                                           f"the last good checkpoint in {run_dir} is kept")
                 state["step"] += 1
                 state["batch"] = i + 1
-                losses.append(loss)
+                state["loss_sum"] += float(loss)
+                state["loss_batches"] += 1
                 seen += len(batch.lengths)
                 rate = seen / max(1e-9, time.perf_counter() - t_epoch)
                 bar.update(1)
@@ -470,10 +501,13 @@ def _train(tcfg: TrainConfig, run_dir, resume=False, log=print):
             valid = validate()
             record = {"epoch": state["epoch"], "step": state["step"],
                       "minutes": round(state["elapsed"] / 60, 3),
-                      "loss": float(np.mean(losses)) if losses else None, "valid": valid}
+                      "loss": (state["loss_sum"] / state["loss_batches"]
+                               if state["loss_batches"] else None), "valid": valid}
+            state["loss_sum"], state["loss_batches"] = 0.0, 0
             if tcfg.track_test:
                 record["test"] = test_metrics(model, ds, split, "sampled", tcfg.seed,
-                                              tcfg.eval_batch_size)["sampled"]
+                                              tcfg.eval_batch_size,
+                                              n_negatives=tcfg.n_negatives)["sampled"]
             state["history"].append(record)
             improved = valid["NDCG@10"] > state["best"]
             if improved:
@@ -491,7 +525,8 @@ def _train(tcfg: TrainConfig, run_dir, resume=False, log=print):
         log(f"resume with: python -m minibert4rec train --resume {run_dir} --epochs {tcfg.epochs}")
         return None
     best, _, _ = load_run(run_dir, "best")
-    metrics = test_metrics(best, ds, split, "both", tcfg.seed, tcfg.eval_batch_size)
+    metrics = test_metrics(best, ds, split, "both", tcfg.seed, tcfg.eval_batch_size,
+                           n_negatives=tcfg.n_negatives)
     save_json(os.path.join(run_dir, "metrics.json"), metrics)
     return metrics
 

@@ -23,6 +23,8 @@ status 2 and the message; the library raises the same message as
     unsupported format version                  checkpoint format version 99 is not supported
     truncated / corrupt checkpoint              truncated or corrupt checkpoint file
     checkpoint that needs pickle                refusing to load: the file contains Python objects
+    a text file as checkpoint                   weights.npz: not a checkpoint file ... starts with b'he'
+    negative seed, zero threads                 seed must be >= 0 (train); argument --seed: ... (others)
     unknown item id in recommend                unknown item id(s) 99999
 """
 import json
@@ -96,6 +98,9 @@ HYPER_CASES = [
     (["--lr", "-1"], r"lr must be > 0"),
     (["--batch-size", "0"], r"batch size must be >= 1"),
     (["--epochs", "0"], r"epochs must be >= 1"),
+    (["--seed", "-1"], r"seed must be >= 0, got -1"),
+    (["--threads", "0"], r"threads must be >= 1"),
+    (["--warmup", "-5"], r"warm-up steps must be >= 0, got -5"),
 ]
 
 
@@ -151,6 +156,29 @@ def test_checkpoint_needing_pickle_is_refused(run_dir, tmp_path, capsys):
     np.savez(d / "weights.npz", **arrays)
     assert_one_line_error(*run_cli(capsys, "evaluate", "--run", str(d)),
                           r"refusing to load: the file contains Python objects")
+
+
+def test_a_file_that_is_no_checkpoint_at_all(run_dir, tmp_path, capsys):
+    d = copy_run(run_dir, tmp_path)
+    (d / "weights.npz").write_text("hello")
+    assert_one_line_error(*run_cli(capsys, "evaluate", "--run", str(d)),
+                          r"weights\.npz: not a checkpoint file .* starts with b'he'")
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["demo", "--seed", "-1"], r"argument --seed: must be an integer >= 0, got -1"),
+    (["recommend", "--run", "r", "--items", "1", "--k", "0"], r"argument --k: must be an integer >= 1"),
+    (["bench", "--threads", "-1"], r"argument --threads: must be an integer >= 1, got -1"),
+    (["gradcheck", "--seed", "x"], r"argument --seed: must be an integer >= 0, got 'x'"),
+    (["evaluate", "--run", "r", "--negatives-seed", "-1"], r"argument --negatives-seed: must be"),
+])
+def test_bad_integer_options_end_with_one_line_and_status_2(argv, message, capsys):
+    with pytest.raises(SystemExit) as e:
+        cli.main(argv)
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("python -m minibert4rec") and __import__("re").search(message, err[-1])
+    assert not any("Traceback" in line for line in err)
 
 
 def test_missing_run_directory(tmp_path, capsys):

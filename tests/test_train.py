@@ -63,6 +63,18 @@ def test_resume_from_the_middle_of_an_epoch_is_bit_identical(run3, tmp_path):
     train(TrainConfig(epochs=3, **TINY), d, resume=True, log=quiet)
     a, b = weights(d3), weights(d)
     assert all(np.array_equal(a[k], b[k]) for k in a)
+    # the resumed epoch's logged loss is the mean over all its batches, as without the stop
+    history = [json.loads((x / "state.json").read_text())["history"] for x in (d3, d)]
+    assert [h["loss"] for h in history[0]] == pytest.approx([h["loss"] for h in history[1]], rel=1e-12)
+
+
+def test_resume_past_the_last_epoch_says_there_is_nothing_to_train(run3, tmp_path):
+    import shutil
+    d = tmp_path / "done"
+    shutil.copytree(run3[0], d)
+    said = []
+    train(TrainConfig(epochs=2, **TINY), d, resume=True, log=said.append)
+    assert any("has trained 3 epochs already, --epochs is 2: nothing to train" in s for s in said)
 
 
 def test_same_seed_same_metrics_other_seed_differs(run3, tmp_path):
@@ -213,3 +225,35 @@ def test_validation_negatives_avoid_every_item_of_the_user_including_the_test_it
     for u in range(300):
         own = set(split.valid_input[u]) | {split.valid_target[u], split.test_target[u]}
         assert not own & set(neg[u].tolist()), u
+
+
+def test_evaluate_save_of_one_protocol_keeps_the_other_and_json_has_the_baseline(run3, tmp_path, capsys):
+    import shutil
+    from minibert4rec import cli
+    src, metrics = run3
+    d = tmp_path / "copy"
+    shutil.copytree(src, d)
+    assert cli.main(["evaluate", "--run", str(d), "--protocol", "sampled", "--save", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["sampled"] == metrics["sampled"] and "full" not in out
+    assert set(out["popularity"]) == {"sampled"} and out["popularity"]["sampled"] != out["sampled"]
+    assert json.loads((d / "metrics.json").read_text()) == metrics       # "full" is still there
+
+
+def test_a_small_data_file_needs_fewer_negatives_and_says_so(tmp_path, capsys):
+    from minibert4rec import cli
+    rng = np.random.default_rng(0)
+    lines = [f"{u} {i}" for u in range(40) for i in rng.choice(30, size=6, replace=False)]
+    path = tmp_path / "small.txt"
+    path.write_text("\n".join(lines) + "\n")
+    common = ["train", "--dataset", str(path), "--epochs", "1", "--no-progress", "--threads", "1",
+              "--hidden", "16", "--out", str(tmp_path / "run")]
+    assert cli.main(common) == 2
+    err = capsys.readouterr().err
+    assert "too few items for the sampled protocol's 100 negatives" in err and "--negatives N" in err
+    assert cli.main(common + ["--negatives", "10"]) == 0
+    assert "true item vs popularity-sampled negatives" in capsys.readouterr().out
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())["train"]
+    assert saved["n_negatives"] == 10
+    assert cli.main(["evaluate", "--run", str(tmp_path / "run"), "--json"]) == 0
+    assert set(json.loads(capsys.readouterr().out)) == {"sampled", "full", "popularity"}
