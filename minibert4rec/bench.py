@@ -836,9 +836,6 @@ def add_arguments(parser):
 def command(args) -> int:
     """Run the bench command from parsed arguments (see ``add_arguments``); print; return 0."""
     import json
-    if args.steps < 1:
-        from .errors import InputError
-        raise InputError(f"--steps must be >= 1, got {args.steps}")
     r = run_benchmark(args.config, steps=args.steps, warmup=args.warmup, seed=args.seed,
                       progress=not args.json, threads=getattr(args, "threads", None),
                       keep_memory=not getattr(args, "malloc_default", False),

@@ -77,9 +77,10 @@ def cmd_train(args) -> int:
     if metrics is None:                       # Ctrl-C: checkpoint saved, nothing to report
         return 0
     if args.resume:                           # the run's own settings, as training used them
-        from .train import TrainConfig, load_json
-        conf = load_json(os.path.join(run_dir, "config.json"))["train"]
-        tcfg = TrainConfig(**{"cloze_copies": 1, **conf, "data_dir": args.data_dir or conf["data_dir"]})
+        from dataclasses import replace
+        from .train import load_json, saved_train_config
+        saved = saved_train_config(load_json(os.path.join(run_dir, "config.json")))
+        tcfg = replace(saved, data_dir=args.data_dir or saved.data_dir)
     ds = dataset_of(tcfg.resolved())
     label = "BERT4Rec (this run)" if tcfg.attention == "bidirectional" else "causal (this run)"
     rows = {label: metrics, "popularity baseline": popularity_metrics(ds, seed=tcfg.seed,
@@ -126,8 +127,6 @@ def cmd_recommend(args) -> int:
     if unknown:
         raise InputError(f"unknown item id(s) {', '.join(unknown[:5])}: the model of {args.run} "
                          f"knows {len(raw)} items (see {items_path})")
-    if args.k < 1:
-        raise InputError(f"--k must be >= 1, got {args.k}")
     history = np.array([index[x] for x in args.items], dtype=np.int64)
     scores = model.score_next([history])[0].astype(np.float64)
     scores[[0, model.cfg.mask_id]] = -np.inf                    # never padding or [MASK]

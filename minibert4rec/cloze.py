@@ -6,8 +6,8 @@ token and predict them from BOTH sides. Following the authors' code
 
 1. Each user's training sequence (it ends with the validation item) is cut
    into windows of at most N items; a sequence longer than N gives several
-   windows, their starts ``step`` items apart (sliding windows), the last one
-   always ending at the sequence's end.
+   windows (sliding windows, as the authors' gen_data_fin.py: ending at its
+   last item and every ``step`` items before it, plus one starting at its first).
 2. Every epoch, each window yields ``copies`` + 1 instances:
    - ``copies`` cloze instances, each with its own random mask of
      k = min(max_predictions, max(1, round(len * mask_ratio))) positions chosen

@@ -26,7 +26,7 @@ import json
 import os
 import signal
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 
@@ -240,6 +240,14 @@ def _rng_from_state(state) -> np.random.Generator:
 # ----------------------------------------------------------------------------
 
 
+def saved_train_config(conf: dict) -> TrainConfig:
+    """The TrainConfig of a run's config.json dict (its "train" block).
+
+    Runs saved before cloze_copies existed trained with 1 cloze copy per epoch.
+    """
+    return TrainConfig(**{"cloze_copies": 1, **conf["train"]})
+
+
 def load_run(run_dir, which="best"):
     """Return (model, TrainConfig, run config dict) of a run directory.
 
@@ -254,7 +262,7 @@ def load_run(run_dir, which="best"):
         raise InputError(f"{cfg_path}: checkpoint format version {version!r} is not supported "
                          f"(this minibert4rec reads version {FORMAT_VERSION})")
     try:
-        tcfg = TrainConfig(**conf["train"])
+        tcfg = saved_train_config(conf)
         mcfg = Config(**conf["model"])
     except (KeyError, TypeError) as e:
         raise InputError(f"{cfg_path}: incompatible configuration ({e})")
@@ -374,18 +382,15 @@ def _train(tcfg: TrainConfig, run_dir, resume=False, log=print):
     os.makedirs(run_dir, exist_ok=True)
     state = None
     if resume:
-        model, old_cfg, conf = load_run(run_dir, which="last")
+        model, old_cfg, _ = load_run(run_dir, which="last")
         # the run's own settings, except the length, the budget and where the data is;
         # the decay horizon stays (so resuming is exact) unless training now goes past it
         decay = max(old_cfg.decay_epochs or old_cfg.epochs, tcfg.epochs)
         if decay != old_cfg.decay_epochs:
             log(f"note: the learning-rate decay now ends at epoch {decay} (was {old_cfg.decay_epochs})")
-        # (runs saved before cloze_copies existed trained with 1 copy per epoch)
-        tcfg = TrainConfig(**{"cloze_copies": 1, **conf["train"],
-                              "epochs": tcfg.epochs, "minutes": tcfg.minutes,
-                              "decay_epochs": decay, "progress": tcfg.progress,
-                              "threads": tcfg.threads,
-                              "data_dir": tcfg.data_dir or old_cfg.data_dir})
+        tcfg = replace(old_cfg, epochs=tcfg.epochs, minutes=tcfg.minutes, decay_epochs=decay,
+                       progress=tcfg.progress, threads=tcfg.threads,
+                       data_dir=tcfg.data_dir or old_cfg.data_dir)
         state = load_json(os.path.join(run_dir, "state.json"))
     tcfg = tcfg.resolved()
     ds = dataset_of(tcfg)
