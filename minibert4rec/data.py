@@ -572,3 +572,98 @@ def _chain_successors(rng, n_items: int, n_chains: int) -> np.ndarray:
     for chain in np.array_split(order, max(1, min(n_chains, n_items))):
         successor[chain] = np.roll(chain, -1)
     return successor
+
+
+# --------------------------------------------------------------------------- #
+# Item titles: the companion file that names the items (for labelled plots)
+# --------------------------------------------------------------------------- #
+_TITLE_COLUMNS = ("movie_title", "title", "item_name", "name")
+
+
+def load_item_titles(path) -> dict[str, str]:
+    """Raw item id -> title, read from an item file. Three formats:
+
+    * RecBole ``.item`` (e.g. ``ml-100k.item``): a header row naming the
+      columns, tab-separated, such as
+      ``item_id:token  movie_title:token_seq  release_year:token  class:token_seq``;
+      the id column is ``item_id`` (or ``item``, ``movie_id``), the title
+      column ``movie_title`` (or ``title``, ``item_name``, ``name``);
+    * MovieLens-100K ``u.item``: ``id|title|release date|...``, no header;
+    * MovieLens-1M ``movies.dat``: ``id::title::genres``, no header.
+
+    The MovieLens originals are Latin-1; a file that is not UTF-8 is read as
+    Latin-1. Keys are raw id strings, as in ``Dataset.raw_item_ids``.
+    Raises FileNotFoundError, or InputError (``path:line: ...``) on a bad line.
+    """
+    path = pathlib.Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(2, "item file not found", str(path))
+    raw = path.read_bytes()
+    try:
+        lines = raw.decode("utf-8").splitlines()
+    except UnicodeDecodeError:
+        lines = raw.decode("latin-1").splitlines()
+    first = next((i for i, line in enumerate(lines) if line.strip()), None)
+    if first is None:
+        raise at(path, None, "no items (the file is empty)")
+    if "::" in lines[first]:
+        sep, id_col, title_col, start = "::", 0, 1, first
+    elif "|" in lines[first] and "\t" not in lines[first]:
+        sep, id_col, title_col, start = "|", 0, 1, first
+    else:
+        sep = "\t"
+        names = [_column_name(f) for f in lines[first].split(sep)]
+        id_col = _find_column(names, _ITEM_COLUMNS)
+        title_col = _find_column(names, _TITLE_COLUMNS)
+        if id_col is None or title_col is None:
+            raise at(path, first + 1, f"header columns {names} (separated by tabs) lack an item "
+                                      f"column (one of {', '.join(_ITEM_COLUMNS)}) and/or a title "
+                                      f"column (one of {', '.join(_TITLE_COLUMNS)})")
+        start = first + 1
+    need = max(id_col, title_col) + 1
+    titles = {}
+    for number, line in enumerate(lines[start:], start + 1):
+        if not line.strip():
+            continue
+        fields = line.split(sep)
+        if len(fields) < need:
+            raise at(path, number, f"expected at least {need} fields separated by "
+                                   f"{_SEP_NAMES.get(sep, repr(sep))}, found {len(fields)}")
+        titles[fields[id_col].strip()] = fields[title_col].strip()
+    return titles
+
+
+def item_titles_file(name_or_path, data_dir=None) -> pathlib.Path | None:
+    """The item file of a named dataset or data file, or None when there is none.
+
+    ml-100k: ``ml-100k.item`` in the data directory (RecBole), else
+    ``ml-100k/u.item`` (the GroupLens zip); ml-1m: ``ml-1m.item``, else
+    ``ml-1m/movies.dat``; a data file ``X.inter`` (or any ``X.ext``): ``X.item``
+    beside it. Beauty and the synthetic data have no titles.
+    """
+    name = str(name_or_path)
+    if name in NAMED_DATASETS:
+        root = resolve_data_dir(data_dir)
+        candidates = {"ml-100k": [root / "ml-100k.item", root / "ml-100k" / "u.item"],
+                      "ml-1m": [root / "ml-1m.item", root / "ml-1m" / "movies.dat"]}.get(name, [])
+    else:
+        candidates = [pathlib.Path(name).expanduser().with_suffix(".item")]
+    return next((p for p in candidates if p.is_file()), None)
+
+
+def item_titles(name_or_path, data_dir=None) -> dict[str, str]:
+    """Raw item id -> title for a dataset (see ``item_titles_file``); {} without an item file."""
+    path = item_titles_file(name_or_path, data_dir)
+    return load_item_titles(path) if path is not None else {}
+
+
+def item_labels(ds: Dataset, titles: dict, width: int = 28) -> list[str]:
+    """One label per vocabulary id, for plots: index i labels internal id i.
+
+    Labels are "[PAD]", the item's title (cut to ``width`` characters with a
+    trailing "…") or, for an item without a title, its raw id, then "[MASK]".
+    """
+    def cut(text):
+        return text if len(text) <= width else text[:width - 1].rstrip() + "…"
+    names = [cut(titles.get(raw, raw)) for raw in ds.raw_item_ids.tolist()]
+    return ["[PAD]"] + names + ["[MASK]"]
