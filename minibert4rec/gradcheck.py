@@ -337,3 +337,396 @@ def model_checks(seed=0, tol=MODEL_TOL, configs=None):
         res.extend(check_gradients(fwd, bwd, model.params, component=label, seed=seed, tol=tol,
                                    max_checks=60))
     return res
+
+
+# ----------------------------------------------------------------------------
+# Grading a student's backward: the exercises in notebooks/exercises/
+# ----------------------------------------------------------------------------
+# ``grade("layernorm", my_layernorm_backward)`` runs the library's forward on
+# small random inputs, hands its cache to the student's backward, and compares
+# every returned gradient with centred differences (float64, random upstream
+# gradient), as ``check_gradients`` does. It never raises for a wrong answer:
+# a backward that raises, returns too few gradients or a wrong shape, gets a
+# report that says so. Shapes are drawn from ``seed`` with a different size on
+# every axis (B, T, H, Dh are 2..5 in some order, D = H Dh), so a transposed
+# gradient cannot pass by accident; masks contain padding, ids repeat.
+
+GRADE_TOL = DEFAULT_TOL   # right answers reach ~1e-10 here; wrong ones 1e-3 or worse
+
+
+@dataclass
+class GradeResult:
+    """What ``grade`` found. Printing it (or leaving it last in a cell) shows ``report``.
+
+    name:    the graded layer
+    passed:  True when every gradient (and the forward, if one was given) is right
+    report:  text: per case, the relative error of every input's gradient, and which are wrong
+    errors:  {(case number, input name): max relative error} (NaN when it could not be measured)
+    wrong:   the inputs whose gradient is wrong, e.g. ["x"]; "forward" when the forward's
+             output differs from the library's, "backward" when the backward raised or
+             returned something that is not one gradient per input
+    """
+    name: str
+    passed: bool
+    report: str
+    errors: dict
+    wrong: list
+
+    def __str__(self):
+        return self.report
+
+    __repr__ = __str__
+
+    def _repr_pretty_(self, p, cycle):            # IPython: show the report, not the fields
+        p.text(self.report)
+
+
+@dataclass
+class _Case:
+    label: str                 # the shapes and options, for the report
+    arrays: dict               # input name -> float64 array, the differentiable inputs in forward order
+    run: object                # run(forward, arrays) -> (out, cache): calls forward with the fixed arguments
+    tol: float = GRADE_TOL     # a gradient passes below this relative error
+
+
+@dataclass
+class _Spec:
+    forward: object            # the library's forward, same signature as the student's
+    backward: object           # the library's backward
+    inputs: tuple              # names of the differentiable inputs, in forward order
+    cases: object              # cases(rng, sizes) -> list of _Case
+    about: str                 # one line for the report's head
+
+
+def _grade_sizes(rng):
+    """B, T, H, Dh all different (2..5), D = H Dh, Dout = D + 1, V = 11, M = 7: every axis its own size."""
+    B, T, H, Dh = (int(s) for s in rng.permutation([2, 3, 4, 5]))
+    D = H * Dh
+    return dict(B=B, T=T, H=H, Dh=Dh, D=D, Dout=D + 1, V=11, M=7)
+
+
+def _key_mask(s, all_masked=False):
+    """(B, T) bool: the last sequence ends with padding (or, all_masked, is padding only)."""
+    km = np.ones((s["B"], s["T"]), dtype=bool)
+    km[-1, -1] = False                                           # one padded key
+    if all_masked:
+        km[-1] = False                                           # a sequence of padding only
+    return km
+
+
+def _shape_label(arrays, extra=""):
+    shapes = ", ".join(f"{k} {tuple(v.shape)}" for k, v in arrays.items())
+    return shapes + (f"; {extra}" if extra else "")
+
+
+def _fixed_rng(seed=11):
+    return np.random.default_rng(seed)
+
+
+def _grade_specs():
+    """name -> _Spec for every layer ``grade`` knows; the library imported on first use."""
+    from . import attention as A
+    from . import layers as Ly
+    from . import model as Mo
+
+    def linear_cases(rng, s):
+        a = {"x": rng.standard_normal((s["B"], s["T"], s["D"])),
+             "W": rng.standard_normal((s["D"], s["Dout"])), "b": rng.standard_normal(s["Dout"])}
+        return [_Case(_shape_label(a), a, lambda f, a: f(a["x"], a["W"], a["b"]))]
+
+    def softmax_cases(rng, s):
+        a = {"x": 2 * rng.standard_normal((s["B"], s["T"], s["Dout"]))}
+        return [_Case(_shape_label(a), a, lambda f, a: f(a["x"]))]
+
+    def masked_softmax_cases(rng, s):
+        cases = []
+        # every key masked: the scores sit at -10000, where a step of h = 1e-5 is
+        # rounded to ~1e-12, so the finite difference itself is only good to ~1e-7
+        for label, causal, all_masked, tol in (
+                ("padding mask", False, False, GRADE_TOL),
+                ("causal + padding mask", True, False, GRADE_TOL),
+                ("a sequence of padding only: every key masked; pass below 1e-6, as the "
+                 "finite difference at -10000 is good to ~1e-7", False, True, 1e-6)):
+            m = Ly.additive_mask(_key_mask(s, all_masked), causal=causal, dtype=np.float64)
+            a = {"scores": 2 * rng.standard_normal((s["B"], s["H"], s["T"], s["T"]))}
+            cases.append(_Case(_shape_label(a, f"mask {tuple(m.shape)}, {label}"), a,
+                               lambda f, a, m=m: f(a["scores"], m), tol))
+        return cases
+
+    def layernorm_cases(rng, s):
+        a = {"x": rng.standard_normal((s["B"], s["T"], s["D"])),
+             "gamma": 1 + 0.5 * rng.standard_normal(s["D"]), "beta": rng.standard_normal(s["D"])}
+        return [_Case(_shape_label(a, "eps 1e-5"), a,
+                      lambda f, a: f(a["x"], a["gamma"], a["beta"], 1e-5))]
+
+    def gelu_cases(rng, s):
+        a = {"x": 1.5 * rng.standard_normal((s["B"], s["T"], s["D"]))}
+        return [_Case(_shape_label(a, "exact (erf) form"), a, lambda f, a: f(a["x"]))]
+
+    def dropout_cases(rng, s):
+        cases = []
+        for label, train in (("p 0.3, training", True), ("p 0.3, eval mode (the identity)", False)):
+            a = {"x": rng.standard_normal((s["B"], s["T"], s["D"]))}
+            cases.append(_Case(_shape_label(a, label), a,
+                               lambda f, a, train=train: f(a["x"], 0.3, _fixed_rng(), train)))
+        return cases
+
+    def embedding_cases(rng, s):
+        ids = rng.integers(1, s["V"], size=(s["B"], s["T"]))
+        ids[0, 1] = ids[0, 0]                            # an id twice in one sequence ...
+        ids[1, 0] = ids[0, 0]                            # ... and once more in another
+        ids[-1, -1] = 0                                  # a padded position
+        cases = []
+        for label, pad in (("padding_id 0", 0), ("padding_id None", None)):
+            a = {"table": rng.standard_normal((s["V"], s["D"]))}
+            cases.append(_Case(_shape_label(a, f"ids {tuple(ids.shape)} with repeated ids, {label}"),
+                               a, lambda f, a, pad=pad: f(ids, a["table"], pad)))
+        return cases
+
+    def attention_cases(rng, s):
+        cases = []
+        for label, causal, p in (("padding mask", False, 0.0), ("causal + padding mask", True, 0.0),
+                                 ("padding mask, attention dropout 0.25", False, 0.25)):
+            m = Ly.additive_mask(_key_mask(s), causal=causal, dtype=np.float64)
+            shape = (s["B"], s["H"], s["T"], s["Dh"])
+            a = {n: rng.standard_normal(shape) for n in ("q", "k", "v")}
+
+            def run(f, a, m=m, p=p):
+                res = f(a["q"], a["k"], a["v"], m, p, _fixed_rng() if p else None)
+                return res[0], res[-1]                   # (out, weights, cache) -> out, cache
+            cases.append(_Case(_shape_label(a, label), a, run))
+        return cases
+
+    def split_cases(rng, s):
+        a = {"x": rng.standard_normal((s["B"], s["T"], s["D"]))}
+        return [_Case(_shape_label(a, f"H {s['H']}"), a, lambda f, a: f(a["x"], s["H"]))]
+
+    def merge_cases(rng, s):
+        a = {"x": rng.standard_normal((s["B"], s["H"], s["T"], s["Dh"]))}
+        return [_Case(_shape_label(a), a, lambda f, a: f(a["x"]))]
+
+    def loss_inputs(rng, s):
+        targets = rng.integers(1, s["V"], size=s["M"])
+        targets[1] = targets[0]                          # a repeated target item
+        weights = np.ones(s["M"])
+        weights[-1] = 0.0                                # a padding slot
+        return targets, weights
+
+    def cross_entropy_cases(rng, s):
+        targets, weights = loss_inputs(rng, s)
+        cases = []
+        for label, w in (("weights with a padding slot (0)", weights), ("weights all 1", np.ones(s["M"]))):
+            a = {"logits": 2 * rng.standard_normal((s["M"], s["V"]))}
+            cases.append(_Case(_shape_label(a, f"targets {tuple(targets.shape)} with a repeat, {label}"),
+                               a, lambda f, a, w=w: f(a["logits"], targets, w)))
+        return cases
+
+    def tied_inputs(rng, s):
+        return {"n": rng.standard_normal((s["M"], s["D"])), "E": rng.standard_normal((s["V"], s["D"])),
+                "out_bias": rng.standard_normal(s["V"])}
+
+    def tied_logits_cases(rng, s):
+        a = tied_inputs(rng, s)
+        return [_Case(_shape_label(a), a, lambda f, a: f(a["n"], a["E"], a["out_bias"]))]
+
+    def output_loss_cases(rng, s):
+        targets, weights = loss_inputs(rng, s)
+        a = tied_inputs(rng, s)
+        return [_Case(_shape_label(a, f"targets {tuple(targets.shape)} with a repeat, "
+                                      "weights with a padding slot (0)"), a,
+                      lambda f, a: f(a["n"], a["E"], a["out_bias"], targets, weights))]
+
+    def split_heads_forward(x, H):
+        return A.split_heads(x, H), H
+
+    def merge_heads_forward(x):
+        return A.merge_heads(x), x.shape[1]
+
+    def output_loss_forward(n, E, out_bias, targets, weights):
+        probs, _ = Ly.softmax_forward(n @ E.T + out_bias)
+        loss = Mo.output_loss(n, E, out_bias, targets, weights)[0]
+        return loss, (n, E, out_bias, targets, weights, probs)
+
+    def output_loss_backward(dloss, cache):
+        _, dn, dE, dout_bias = Mo.output_loss(*cache[:5])
+        return dloss * dn, dloss * dE, dloss * dout_bias
+
+    return {
+        "linear": _Spec(Ly.linear_forward, Ly.linear_backward, ("x", "W", "b"), linear_cases,
+                        "out = x W + b"),
+        "gelu": _Spec(Ly.gelu_forward, Ly.gelu_backward, ("x",), gelu_cases,
+                      "out = x Phi(x), the exact (erf) GELU"),
+        "dropout": _Spec(Ly.dropout_forward, Ly.dropout_backward, ("x",), dropout_cases,
+                         "out = x * keep / (1 - p) (a fixed generator: the same units drop every call)"),
+        "layernorm": _Spec(Ly.layernorm_forward, Ly.layernorm_backward, ("x", "gamma", "beta"),
+                           layernorm_cases, "out = gamma (x - mean) / sqrt(var + eps) + beta"),
+        "softmax": _Spec(Ly.softmax_forward, Ly.softmax_backward, ("x",), softmax_cases,
+                         "y = softmax(x) over the last axis"),
+        "masked_softmax": _Spec(Ly.masked_softmax_forward, Ly.masked_softmax_backward, ("scores",),
+                                masked_softmax_cases, "weights = softmax(scores + mask)"),
+        "attention": _Spec(A.attention_forward, A.attention_backward, ("q", "k", "v"), attention_cases,
+                           "out = Dropout(softmax(q k^T / sqrt(Dh) + mask)) v"),
+        "split_heads": _Spec(split_heads_forward, lambda dout, H: (A.merge_heads(dout),), ("x",),
+                             split_cases, "(B, T, D) -> (B, H, T, Dh); cache: H"),
+        "merge_heads": _Spec(merge_heads_forward, lambda dout, H: (A.split_heads(dout, H),), ("x",),
+                             merge_cases, "(B, H, T, Dh) -> (B, T, D); cache: H"),
+        "embedding": _Spec(Ly.embedding_forward, Ly.embedding_backward, ("table",), embedding_cases,
+                           "out = table[ids] (zero at the padding id)"),
+        "cross_entropy": _Spec(Mo.cross_entropy_forward, Mo.cross_entropy_backward, ("logits",),
+                               cross_entropy_cases,
+                               "loss = sum_m w_m (-log softmax(logits_m)[target_m]) / (sum_m w_m + 1e-5)"),
+        "tied_logits": _Spec(Mo.tied_logits_forward, Mo.tied_logits_backward, ("n", "E", "out_bias"),
+                             tied_logits_cases, "logits = n E^T + out_bias"),
+        "output_loss": _Spec(output_loss_forward, output_loss_backward, ("n", "E", "out_bias"),
+                             output_loss_cases,
+                             "loss = cross-entropy of softmax(n E^T + out_bias) (model.output_loss); "
+                             "cache: (n, E, out_bias, targets, weights, probs)"),
+    }
+
+
+GRADE_NAMES = ("linear", "gelu", "dropout", "layernorm", "softmax", "masked_softmax", "attention",
+               "split_heads", "merge_heads", "embedding", "cross_entropy", "tied_logits", "output_loss")
+
+
+def _where(err):
+    """'line N: <source>' of the innermost frame of an exception (the student's own line)."""
+    import linecache
+    import traceback
+    frames = traceback.extract_tb(err.__traceback__)
+    if not frames:
+        return ""
+    f = frames[-1]
+    line = (f.line or linecache.getline(f.filename, f.lineno)).strip()
+    return f" (in {f.name}, line {f.lineno}: {line})" if line else f" (in {f.name}, line {f.lineno})"
+
+
+def _problem(err, who):
+    if isinstance(err, NotImplementedError):
+        return f"your {who} is not written yet (it raised NotImplementedError{': ' + str(err) if str(err) else ''})"
+    return f"your {who} raised {type(err).__name__}: {err}{_where(err)}"
+
+
+def _as_gradients(result, inputs, arrays):
+    """The backward's result as {input: float64 array}, or a message saying what is wrong with it."""
+    want = ", ".join(f"d{n}" for n in inputs)
+    if not isinstance(result, (tuple, list)):
+        got = "None" if result is None else f"a {type(result).__name__}"
+        return None, (f"your backward returned {got}; return a tuple ({want}{',' if len(inputs) == 1 else ''}), "
+                      f"one gradient per input in the forward's order, as every backward of the library")
+    if len(result) != len(inputs):
+        return None, (f"your backward returned {len(result)} value(s); expected {len(inputs)}: ({want})")
+    grads, bad = {}, {}                                   # bad: input -> what is wrong with its gradient
+    for name, g in zip(inputs, result):
+        if g is None:
+            bad[name] = "is None: return the gradient of every input"
+            continue
+        try:
+            g = np.asarray(g, dtype=np.float64)
+        except (TypeError, ValueError):
+            bad[name] = f"is a {type(g).__name__}, not an array"
+            continue
+        if g.shape != arrays[name].shape:
+            bad[name] = f"has shape {g.shape}; {name} (and so d{name}) has shape {arrays[name].shape}"
+            continue
+        grads[name] = g
+    return grads, bad
+
+
+def grade(name, backward, forward=None, seed=0):
+    """Grade a backward written for the library's layer ``name`` (see GRADE_NAMES).
+
+    backward(dout, cache) -> one gradient per differentiable input, in the forward's
+        order, as a tuple (the library's ``<name>_backward`` signature; e.g. for
+        "layernorm": (dx, dgamma, dbeta))
+    forward: optional, the student's own forward with the library's signature
+        (``<name>_forward``); its output is compared with the library's, and its
+        cache is what ``backward`` receives. Default: the library's forward.
+    seed: picks the shapes and the random inputs.
+
+    For every case (random shapes, masks with padding, repeated ids where the
+    layer has them) it checks each gradient against centred differences of
+    sum(forward(...) * dout) in float64, dout random. Returns a GradeResult:
+    ``passed``, and a ``report`` naming every wrong gradient. It does not raise
+    when the backward does: the report says what happened.
+    """
+    specs = _grade_specs()
+    if name not in specs:
+        raise ValueError(f"grade knows {', '.join(GRADE_NAMES)}; not {name!r}")
+    spec = specs[name]
+    rng = np.random.default_rng(seed)
+    sizes = _grade_sizes(rng)
+    fwd = forward if forward is not None else spec.forward
+    lines, errors, wrong = [], {}, []
+
+    def mark(what):
+        if what not in wrong:
+            wrong.append(what)
+
+    for i, case in enumerate(spec.cases(rng, sizes), 1):
+        lines.append(f"  case {i}: {case.label}")
+        fresh = lambda: {k: v.copy() for k, v in case.arrays.items()}  # noqa: E731
+        if forward is not None:                                       # the student's forward first
+            try:
+                got = case.run(forward, fresh())
+                if not (isinstance(got, tuple) and len(got) == 2):
+                    raise TypeError(f"it returned {type(got).__name__}, not the pair (out, cache)")
+                out_ref = np.asarray(case.run(spec.forward, fresh())[0], dtype=np.float64)
+                out_s = np.asarray(got[0], dtype=np.float64)
+            except Exception as err:                                  # noqa: BLE001 (reported)
+                lines.append(f"    forward  {_problem(err, 'forward')}")
+                mark("forward")
+                continue
+            if out_s.shape != out_ref.shape:
+                lines.append(f"    forward  output shape {out_s.shape}, the library's {out_ref.shape}  WRONG")
+                mark("forward")
+                continue
+            err = rel_error(out_ref, out_s)
+            ok = err < GRADE_TOL
+            errors[(i, "forward")] = err
+            lines.append(f"    forward  relative error {err:.1e} against the library's forward  "
+                         f"{'ok' if ok else 'WRONG'}")
+            if not ok:
+                mark("forward")
+        out, cache = case.run(fwd, fresh())
+        scalar = np.ndim(out) == 0
+        dout = float(rng.standard_normal()) if scalar else rng.standard_normal(np.shape(out))
+        try:
+            result = backward(dout if scalar else dout.copy(), cache)
+        except Exception as err:                                      # noqa: BLE001 (reported)
+            lines.append(f"    {_problem(err, 'backward')}")
+            mark("backward")
+            continue
+        grads, bad = _as_gradients(result, spec.inputs, case.arrays)
+        if grads is None:
+            lines.append(f"    {bad}")
+            mark("backward")
+            continue
+        for n in spec.inputs:
+            x = case.arrays[n]
+            if n in bad:
+                lines.append(f"    d{n:<8s} {bad[n]}  WRONG")
+                errors[(i, n)] = float("nan")
+                mark(n)
+                continue
+            # a copy of the output: a forward may return a view of its input (dropout in
+            # eval mode, split_heads), which the perturbation would change under our feet
+            num = numerical_vjp(lambda: np.array(case.run(fwd, case.arrays)[0], dtype=np.float64),
+                                x, dout)
+            err = rel_error(num, grads[n])
+            ok = bool(err < case.tol)                                 # NaN compares False: wrong
+            errors[(i, n)] = err
+            lines.append(f"    d{n:<8s} max relative error {err:.1e}  {'ok' if ok else 'WRONG'}")
+            if not ok:
+                mark(n)
+    passed = not wrong
+    head = [f"grade({name!r}): {'PASSED' if passed else 'FAILED'}   [{spec.about}]",
+            f"  float64, centred differences (h = {DEFAULT_H:g}) against a random upstream gradient, "
+            f"seed {seed}; a gradient passes below {GRADE_TOL:.0e} (right ones reach ~1e-10)"]
+    if not passed:
+        named = [f"d{w} (the gradient of {w})" for w in wrong if w not in ("forward", "backward")]
+        if "forward" in wrong:
+            named.insert(0, "the forward (its output differs from the library's)")
+        if "backward" in wrong:
+            named.append("your backward (see above)")
+        lines.append("  wrong: " + "; ".join(named))
+    return GradeResult(name, passed, "\n".join(head + lines), errors, wrong)

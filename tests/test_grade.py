@@ -1,0 +1,256 @@
+"""The exercise grader ``gradcheck.grade``: it passes the library's own backward passes, and
+fails the plausible wrong answers a student writes, naming the input whose gradient is wrong."""
+import math
+
+import numpy as np
+import pytest
+
+from minibert4rec import attention as A
+from minibert4rec import layers as Ly
+from minibert4rec import model as Mo
+from minibert4rec.gradcheck import GRADE_NAMES, GradeResult, _grade_sizes, _grade_specs, grade
+
+# the library's backward for every name (the solutions of the exercise notebooks)
+SOLUTIONS = {
+    "linear": Ly.linear_backward,
+    "gelu": Ly.gelu_backward,
+    "dropout": Ly.dropout_backward,
+    "layernorm": Ly.layernorm_backward,
+    "softmax": Ly.softmax_backward,
+    "masked_softmax": Ly.masked_softmax_backward,
+    "attention": A.attention_backward,
+    "split_heads": lambda dout, H: (A.merge_heads(dout),),
+    "merge_heads": lambda dout, H: (A.split_heads(dout, H),),
+    "embedding": Ly.embedding_backward,
+    "cross_entropy": Mo.cross_entropy_backward,
+    "tied_logits": Mo.tied_logits_backward,
+    "output_loss": lambda dloss, cache: tuple(dloss * g for g in Mo.output_loss(*cache[:5])[1:]),
+}
+
+
+def test_every_name_has_a_solution():
+    assert set(SOLUTIONS) == set(GRADE_NAMES) == set(_grade_specs())
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("name", GRADE_NAMES)
+def test_the_library_backward_passes(name, seed):
+    r = grade(name, SOLUTIONS[name], seed=seed)
+    assert isinstance(r, GradeResult)
+    assert r.passed and r.wrong == [], r.report
+    assert "PASSED" in r.report and "WRONG" not in r.report
+    assert all(e < 1e-7 for e in r.errors.values()), r.report
+
+
+@pytest.mark.parametrize("name", GRADE_NAMES)
+def test_the_library_forward_passes_as_a_student_forward(name):
+    r = grade(name, SOLUTIONS[name], forward=_grade_specs()[name].forward, seed=3)
+    assert r.passed, r.report
+    assert "forward  relative error" in r.report
+
+
+def test_every_axis_has_its_own_size():
+    for seed in range(20):
+        s = _grade_sizes(np.random.default_rng(seed))
+        assert s["T"] > 1 and s["H"] > 1
+        assert len({s["B"], s["T"], s["H"], s["Dh"], s["D"]}) == 5
+        assert len({s["B"], s["T"], s["D"], s["Dout"]}) == 4
+        assert len({s["M"], s["D"], s["V"]}) == 3
+
+
+# ----------------------------------------------------------------------------
+# Plausible wrong answers, each for the library's cache layout
+# ----------------------------------------------------------------------------
+
+
+def layernorm_without_mean_term(dout, cache):
+    xhat, rstd, gamma = cache
+    dx, dgamma, dbeta = Ly.layernorm_backward(dout, cache)
+    g = dout * gamma
+    return rstd * (g - xhat * np.mean(g * xhat, axis=-1, keepdims=True)), dgamma, dbeta
+
+
+def attention_without_scale(dout, cache):
+    q, k, v, dropped, sm_cache, drop_cache, scale = cache
+    d_dropped = dout @ v.swapaxes(-1, -2)
+    dv = dropped.swapaxes(-1, -2) @ dout
+    (dweights,) = Ly.dropout_backward(d_dropped, drop_cache)
+    (dscores,) = Ly.masked_softmax_backward(dweights, sm_cache)
+    return dscores @ k, dscores.swapaxes(-1, -2) @ q, dv          # forgot: dscores *= 1/sqrt(Dh)
+
+
+def softmax_without_sum_term(dout, y):
+    return (y * dout,)                                            # the diagonal of the Jacobian only
+
+
+def gelu_without_x_pdf(dout, cache):
+    kind, x, cdf = cache
+    return (dout * cdf,)                                          # d/dx [x Phi(x)] is Phi + x pdf
+
+
+def embedding_losing_repeats(dout, cache):
+    ids, shape, padding_id = cache
+    dtable = np.zeros(shape)
+    dtable[ids] += dout                                           # a repeated id keeps ONE row
+    if padding_id is not None:
+        dtable[padding_id] = 0.0
+    return (dtable,)
+
+
+def dropout_without_scale(dout, cache):
+    if cache is None:
+        return (dout,)
+    keep, scale = cache
+    return (dout * keep,)                                         # forgot the 1/(1-p)
+
+
+def split_heads_backward_wrong_transpose(dout, H):
+    B, H, T, Dh = dout.shape
+    return (dout.transpose(0, 2, 3, 1).reshape(B, T, H * Dh),)   # (B, T, Dh, H): columns interleaved
+
+
+def merge_heads_backward_without_transpose(dout, H):
+    B, T, D = dout.shape
+    return (dout.reshape(B, H, T, D // H),)                       # a reshape is not a transpose
+
+
+def cross_entropy_without_weights(dloss, cache):
+    probs, targets, weights, denom = cache
+    d = probs.copy()
+    d[np.arange(len(targets)), targets] -= 1.0
+    return (d * dloss / len(targets),)                            # a plain mean over every slot
+
+
+def linear_db_not_summed(dout, cache):
+    dx, dW, db = Ly.linear_backward(dout, cache)
+    return dx, dW, dout                                           # b was added to every row: sum them
+
+
+def tied_logits_transposed_dE(dlogits, cache):
+    n, E = cache
+    return dlogits @ E, n.T @ dlogits, dlogits.sum(axis=0)        # (D, V), not (V, D)
+
+
+def output_loss_losing_repeated_targets(dloss, cache):
+    n, E, out_bias, targets, weights, probs = cache
+    c = weights / (weights.sum() + Mo.LOSS_EPS) * dloss            # (M,)
+    a = probs * c[:, None]                                        # (M, V)
+    dn = a @ E - c[:, None] * E[targets]
+    dE = a.T @ n
+    dE[targets] -= c[:, None] * n                                 # a repeated target keeps ONE row
+    db = a.sum(axis=0)
+    np.add.at(db, targets, -c)
+    return dn, dE, db
+
+
+def output_loss_without_weights(dloss, cache):
+    n, E, out_bias, targets, weights, probs = cache
+    d = probs.copy()
+    d[np.arange(len(targets)), targets] -= 1.0
+    d *= dloss / len(targets)                                     # every slot, padding included
+    return d @ E, d.T @ n, d.sum(axis=0)
+
+
+WRONG = [
+    # (layer, wrong backward, the inputs the grader must name)
+    ("layernorm", layernorm_without_mean_term, ["x"]),
+    ("attention", attention_without_scale, ["q", "k"]),
+    ("softmax", softmax_without_sum_term, ["x"]),
+    ("masked_softmax", softmax_without_sum_term, ["scores"]),
+    ("gelu", gelu_without_x_pdf, ["x"]),
+    ("embedding", embedding_losing_repeats, ["table"]),
+    ("dropout", dropout_without_scale, ["x"]),
+    ("split_heads", split_heads_backward_wrong_transpose, ["x"]),
+    ("merge_heads", merge_heads_backward_without_transpose, ["x"]),
+    ("cross_entropy", cross_entropy_without_weights, ["logits"]),
+    ("linear", linear_db_not_summed, ["b"]),
+    ("tied_logits", tied_logits_transposed_dE, ["E"]),
+    ("output_loss", output_loss_losing_repeated_targets, ["E"]),
+    ("output_loss", output_loss_without_weights, ["n", "E", "out_bias"]),
+]
+
+
+@pytest.mark.parametrize("name,wrong,inputs", WRONG, ids=[w[1].__name__ for w in WRONG])
+def test_a_wrong_backward_fails_naming_its_input(name, wrong, inputs):
+    for seed in (0, 1):
+        r = grade(name, wrong, seed=seed)
+        assert not r.passed, r.report
+        assert r.wrong == inputs, r.report
+        assert "FAILED" in r.report
+        last = r.report.splitlines()[-1]
+        assert last.startswith("  wrong: "), r.report
+        for n in inputs:
+            assert f"d{n} (the gradient of {n})" in last
+        right = [n for n in _grade_specs()[name].inputs if n not in inputs]
+        for n in right:                                           # the right ones are not blamed
+            assert f"d{n} (" not in last
+
+
+def test_a_wrong_shape_is_reported_not_raised():
+    r = grade("linear", linear_db_not_summed)
+    assert "db        has shape" in r.report and "b (and so db) has shape" in r.report
+
+
+def test_a_stub_that_raises_is_reported():
+    def stub(dout, cache):
+        raise NotImplementedError("write the backward of LayerNorm")
+    r = grade("layernorm", stub)
+    assert not r.passed and r.wrong == ["backward"]
+    assert "not written yet" in r.report and "write the backward of LayerNorm" in r.report
+
+
+def test_an_error_in_the_backward_is_reported_with_its_line():
+    def broken(dout, cache):
+        xhat, rstd, gamma = cache
+        return dout @ xhat, None, None                            # (B, T, D) @ (B, T, D): T != D
+    r = grade("layernorm", broken)
+    assert not r.passed and r.wrong == ["backward"]
+    assert "raised ValueError" in r.report
+    assert "dout @ xhat" in r.report                    # the student's own line
+
+
+@pytest.mark.parametrize("result,message", [
+    (None, "returned None"),
+    (np.zeros(3), "return a tuple (dx, dgamma, dbeta)"),
+    ((np.zeros(3), np.zeros(3)), "returned 2 value(s); expected 3"),
+])
+def test_a_malformed_return_value_is_reported(result, message):
+    r = grade("layernorm", lambda dout, cache: result)
+    assert not r.passed and r.wrong == ["backward"]
+    assert message in r.report, r.report
+
+
+def test_a_single_gradient_must_be_a_tuple():
+    r = grade("softmax", lambda dout, y: y * (dout - np.sum(dout * y, axis=-1, keepdims=True)))
+    assert not r.passed and "return a tuple (dx,)" in r.report
+
+
+def test_a_wrong_student_forward_is_caught():
+    def unbiased_layernorm_forward(x, gamma, beta, eps=1e-12):    # divides by D - 1
+        mean = x.mean(axis=-1, keepdims=True)
+        rstd = 1.0 / np.sqrt(x.var(axis=-1, ddof=1, keepdims=True) + eps)
+        xhat = (x - mean) * rstd
+        return xhat * gamma + beta, (xhat, rstd, gamma)
+    r = grade("layernorm", Ly.layernorm_backward, forward=unbiased_layernorm_forward)
+    assert not r.passed and r.wrong[0] == "forward"
+    assert "the forward (its output differs from the library's)" in r.report
+
+
+def test_a_student_forward_that_raises_is_reported():
+    def forward(x, gamma, beta, eps=1e-12):
+        raise NotImplementedError
+    r = grade("layernorm", Ly.layernorm_backward, forward=forward)
+    assert not r.passed and r.wrong == ["forward"]
+    assert "your forward is not written yet" in r.report
+
+
+def test_the_result_prints_as_its_report():
+    r = grade("gelu", Ly.gelu_backward)
+    assert str(r) == repr(r) == r.report
+    assert r.report.splitlines()[0].startswith("grade('gelu'): PASSED")
+    assert all(not math.isnan(e) for e in r.errors.values())
+
+
+def test_an_unknown_name_lists_the_known_ones():
+    with pytest.raises(ValueError, match="layernorm"):
+        grade("layer_norm", Ly.layernorm_backward)
