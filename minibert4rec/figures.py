@@ -4,12 +4,14 @@
 
 writes (into --out, default figures/)
     positional_encodings.png     the sinusoidal table beside the run's learned table
-    masks.png                    padding mask, causal mask, both, as additive masks
-    gelu.png                     GELU (erf and tanh) against ReLU
+    masks.png                    padding mask, causal mask, both (dark = masked, as everywhere)
+    gelu.png                     GELU (erf and tanh) against ReLU, and exact minus tanh
     training_curve.png           loss and validation / test metrics against minutes (the run)
     beauty/figure2.png           the paper's Figure 2 from the run (+ attention_stats.json)
     beauty/figure2_causal.png    the same for the causal model (observation d)
-    bidirectional_vs_causal.png  both models' maps in one grid
+    bidirectional_vs_causal.png  both models' maps, each model on its own colour scale
+                                 (without --run: redrawn from the averages saved in
+                                 beauty/attention_stats*.json, when both files exist)
     beauty/metrics.json, config.json, state.json   copies of the run's small files (test
                                  metrics, settings, per-epoch history) for notebooks/README
     scaling.png                  training throughput against N, batch size and vocabulary
@@ -23,6 +25,8 @@ import os
 
 import numpy as np
 
+from .plotting import save_figure
+
 
 def _close(fig):
     import matplotlib.pyplot as plt
@@ -30,9 +34,9 @@ def _close(fig):
 
 
 def static_figures(out):
-    """The figures that need no trained model."""
+    """The figures that need no trained model (and the comparison redrawn from saved averages)."""
     from .layers import additive_mask, gelu_forward, sinusoidal_table
-    from .plotting import plot_lines, plot_positional_encodings, show_heatmaps
+    from .plotting import plot_lines, plot_positional_encodings, show_masks
     os.makedirs(out, exist_ok=True)
     paths = []
     p = os.path.join(out, "sinusoidal_encoding.png")
@@ -43,28 +47,73 @@ def static_figures(out):
     masks = [additive_mask(key_mask)[0, 0, 0][None].repeat(7, 0),
              additive_mask(key_mask, causal=True)[0, 0]]
     causal_only = additive_mask(np.ones((1, 7), dtype=bool), causal=True)[0, 0]
-    grid = np.stack([masks[0], causal_only, masks[1]])[None] / -10000.0  # 1 = masked
+    masked = np.stack([masks[0], causal_only, masks[1]])[None] < 0       # (1, 3, 7, 7) True = masked
     p = os.path.join(out, "masks.png")
-    _close(show_heatmaps(grid, col_titles=["padding (keys 5, 6)", "causal", "causal + padding"],
-                         cmap="Greys", vmin=0, vmax=1,
-                         title="Additive attention masks (dark = -10000, i.e. masked)", path=p))
+    _close(show_masks(masked, col_titles=["padding (keys 5, 6)", "causal", "causal + padding"],
+                      title="Attention masks (dark = masked: -10000 added to the score)", path=p))
     paths.append(p)
-    x = np.linspace(-4, 4, 401)
-    p = os.path.join(out, "gelu.png")
-    _close(plot_lines(x, {"GELU (erf, exact)": gelu_forward(x, "erf")[0],
-                          "GELU (tanh approximation)": gelu_forward(x, "tanh")[0],
-                          "ReLU": np.maximum(x, 0)}, "x", "activation",
-                      title="GELU against ReLU", path=p))
-    paths.append(p)
+    paths.append(gelu_figure(os.path.join(out, "gelu.png"), gelu_forward, plot_lines))
+    paths.extend(saved_comparison_figure(out))
     return paths
+
+
+def gelu_figure(path, gelu_forward, plot_lines):
+    """GELU (exact, erf; tanh approximation) against ReLU, and the two GELUs' difference.
+
+    The two GELU curves differ by less than 1e-3, so on one plot the second
+    drawn hides the first: the exact curve is a wide solid line under a thin
+    dashed approximation, and the right panel shows exact minus tanh.
+    """
+    import matplotlib.pyplot as plt
+    x = np.linspace(-4, 4, 401)
+    exact, approx = gelu_forward(x, "erf")[0], gelu_forward(x, "tanh")[0]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(9.5, 3.6), layout="constrained")
+    plot_lines(x, {"ReLU": np.maximum(x, 0), "GELU (erf, exact)": exact,
+                   "GELU (tanh approximation)": approx}, "x", "activation",
+               title="GELU against ReLU", ax=left,
+               styles={"ReLU": dict(color="0.6"),
+                       "GELU (erf, exact)": dict(lw=5, alpha=0.45, color="tab:blue"),
+                       "GELU (tanh approximation)": dict(lw=1.5, ls="--", color="tab:red")})
+    plot_lines(x, {"exact - tanh": exact - approx}, "x", "difference",
+               title="The two GELUs differ by < 1e-3", ax=right,
+               styles={"exact - tanh": dict(color="tab:purple")})
+    save_figure(fig, path)
+    _close(fig)
+    return path
+
+
+def comparison_figure(avg, avg_causal, path, k):
+    """Both models' average attention, each model on its own colour scale."""
+    from .analysis import window_labels
+    from .plotting import show_heatmap_groups
+    groups = {"BERT4Rec (bidirectional)": avg, "causal (left-to-right)": avg_causal}
+    rows = {name: [f"layer {l + 1}" for l in range(len(a))] for name, a in groups.items()}
+    _close(show_heatmap_groups(groups, row_titles=rows,
+                               col_titles=[f"head {h + 1}" for h in range(np.shape(avg)[1])],
+                               tick_labels=window_labels(k), path=path,
+                               title=f"Average attention, last {k} positions ({k - 1} = [MASK]); "
+                                     f"each model on its own colour scale"))
+    return path
+
+
+def saved_comparison_figure(out, folder="beauty"):
+    """bidirectional_vs_causal.png from out/<folder>/attention_stats*.json, if both exist."""
+    files = [os.path.join(out, folder, name) for name in
+             ("attention_stats.json", "attention_stats_causal.json")]
+    if not all(os.path.exists(f) for f in files):
+        return []
+    avg, avg_causal = (np.array(json.load(open(f))["average_attention"]) for f in files)
+    return [comparison_figure(avg, avg_causal, os.path.join(out, "bidirectional_vs_causal.png"),
+                              avg.shape[-1])]
 
 
 def run_figures(run, causal_run, out, data_dir=None, k=10, command=None):
     """The figures that come from trained runs (Beauty in the README)."""
-    from .analysis import attention_stats, collect_attention, write_attention_report
+    from .analysis import (attention_stats, collect_attention, learned_enough,
+                           write_attention_report)
     from .data import leave_one_out
-    from .plotting import plot_positional_encodings, plot_training_curve, show_heatmaps
-    from .train import dataset_of, load_json, load_run
+    from .plotting import plot_positional_encodings, plot_training_curve
+    from .train import dataset_of, load_json, load_run, popularity_metrics, test_metrics
     paths = []
     model, tcfg, conf = load_run(run)
     if data_dir:
@@ -102,18 +151,16 @@ def run_figures(run, causal_run, out, data_dir=None, k=10, command=None):
         paths.extend(map(str, write_attention_report(
             avg_c, sub, name="figure2_causal", stats_file="attention_stats_causal.json",
             title=f"Causal (SASRec-style) model, last {k} positions ({k - 1} = [MASK])")))
-    paths.extend(map(str, write_attention_report(avg, sub, stats_causal=stats_c)))
+    # the verdicts on the paper's claims only for a model that beat popularity (analysis.py)
+    metrics_path = os.path.join(run, "metrics.json")
+    metrics = load_json(metrics_path) if os.path.exists(metrics_path) else {}
+    if not {"sampled", "full"} <= set(metrics):
+        metrics = test_metrics(model, ds, split, "both", seed=tcfg.seed, n_negatives=tcfg.n_negatives)
+    skill = learned_enough(metrics, popularity_metrics(ds, split, "both", seed=tcfg.seed,
+                                                       n_negatives=tcfg.n_negatives))
+    paths.extend(map(str, write_attention_report(avg, sub, stats_causal=stats_c, skill=skill)))
     if avg_c is not None:
-        L, H = avg.shape[:2]
-        both = np.concatenate([avg, avg_c])                                 # (2L, H, k, k)
-        rows = [f"bidirectional L{l + 1}" for l in range(L)] + \
-               [f"causal L{l + 1}" for l in range(avg_c.shape[0])]
-        p = os.path.join(out, "bidirectional_vs_causal.png")
-        from .analysis import window_labels
-        _close(show_heatmaps(both, row_titles=rows, col_titles=[f"head {h + 1}" for h in range(H)],
-                             tick_labels=window_labels(k), vmin=0.0, path=p,
-                             title="BERT4Rec (bidirectional) against a causal model"))
-        paths.append(p)
+        paths.append(comparison_figure(avg, avg_c, os.path.join(out, "bidirectional_vs_causal.png"), k))
     return paths
 
 

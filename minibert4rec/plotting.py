@@ -9,12 +9,19 @@ a GRID of matrices, one panel per (row, column) of the input array, e.g.
 
 Every panel uses the SAME colour scale (one colour bar for the whole grid;
 without it, two panels of the same colour could mean different weights).
+Grids of DIFFERENT models go side by side with ``show_heatmap_groups``: one
+colour scale and colour bar per model, so a model whose weights are all
+small is not drawn blank on another model's scale.
 Axis labels and tick labels appear only on the outer edge: "key" under the
 bottom row, "query" left of the first column. In a panel, row i is query i
 and column j is key j, the layout of ``model.attention``.
 
 The grid size is read from the array's shape, never hard-coded: a 4-layer,
 8-head model gets a 4 x 8 grid with the same call.
+
+Attention masks have one colour convention everywhere (``show_masks``):
+DARK = MASKED (the key gets -10000 before the softmax), WHITE = ALLOWED,
+stated on the colour bar.
 
 The other helpers: ``plot_training_curve`` (loss and validation metrics
 against wall-clock minutes), ``plot_lines`` (any family of curves sharing an
@@ -84,7 +91,7 @@ def _split_tick_labels(tick_labels, Tq, Tk):
 
 def show_heatmaps(matrices, row_titles=None, col_titles=None, xlabel="key", ylabel="query",
                   tick_labels=None, cmap="Reds", vmin=None, vmax=None, title=None, path=None,
-                  figsize=None):
+                  figsize=None, fig=None, cbar_label=None, cbar_ticks=None):
     """Draw a grid of heat-maps with one shared colour bar.
 
     matrices: (rows, cols, Tq, Tk), or (cols, Tq, Tk), or (Tq, Tk)
@@ -98,8 +105,13 @@ def show_heatmaps(matrices, row_titles=None, col_titles=None, xlabel="key", ylab
         all panels, so equal colours mean equal values across the grid.
     title: a title above the whole grid.  path: save a PNG there if given.
     figsize: (width, height) in inches; default grows with the grid.
+    fig: draw into this Figure or SubFigure instead of a new Figure
+        (``show_heatmap_groups`` puts one grid in each subfigure).
+    cbar_label: text beside the colour bar.  cbar_ticks: {value: label}, the
+        colour bar's only ticks (e.g. {0: "allowed", 1: "masked"}).
 
-    Returns the Figure: rows * cols panel axes, then the colour bar's axes.
+    Returns the Figure: rows * cols panel axes, then the colour bar's axes
+    (the given ``fig`` if there was one).
     """
     plt = _pyplot()
     m = as_grid(matrices)                                     # (R, C, Tq, Tk)
@@ -112,20 +124,85 @@ def show_heatmaps(matrices, row_titles=None, col_titles=None, xlabel="key", ylab
     if figsize is None:                                       # ~2.2 inch wide panels, true aspect
         figsize = (2.0 + 2.2 * C, 0.5 * (title is not None) + 0.8 + (2.2 * Tq / Tk + 0.3) * R)
     # shared axes: matplotlib shows tick labels on the bottom row and left column only
-    fig, axes = plt.subplots(R, C, figsize=figsize, sharex=True, sharey=True, squeeze=False,
-                             layout="constrained")
+    if fig is None:
+        fig = plt.figure(figsize=figsize, layout="constrained")
+    axes = fig.subplots(R, C, sharex=True, sharey=True, squeeze=False)
     for r in range(R):
         for c in range(C):
             ax = axes[r, c]
             image = ax.imshow(m[r, c], cmap=cmap, vmin=vmin, vmax=vmax)
             _label_panel(ax, r, c, R, xlabel, ylabel, row_titles, col_titles)
     _set_ticks(axes[0, 0], q_labels, k_labels)               # axes are shared: sets them all
-    fig.colorbar(image, ax=axes.ravel().tolist(), shrink=0.8)
+    bar = fig.colorbar(image, ax=axes.ravel().tolist(), shrink=0.8)
+    if cbar_ticks is not None:
+        bar.set_ticks(list(cbar_ticks), labels=[str(t) for t in cbar_ticks.values()])
+    if cbar_label is not None:
+        bar.set_label(cbar_label)
     if title is not None:
         fig.suptitle(title)
     if path is not None:
         save_figure(fig, path)
     return fig
+
+
+def show_heatmap_groups(groups, row_titles=None, col_titles=None, tick_labels=None,
+                        cmap="Reds", vmin=0.0, title=None, path=None, figsize=None):
+    """Grids of several models side by side, EACH WITH ITS OWN colour scale.
+
+    groups: {name: (rows, cols, Tq, Tk) array}, e.g. {"bidirectional": avg,
+        "causal": avg_causal}; every group gets a subfigure titled ``name``,
+        drawn by ``show_heatmaps`` with one colour scale from ``vmin`` to that
+        group's own maximum and its own colour bar. One shared scale would let
+        a sharp model (a causal one's weights reach 0.4) wash out a flat one
+        (0.05 to 0.15) into blank panels.
+    row_titles: {name: list} or None; col_titles, tick_labels: shared by all
+        groups. Returns the Figure.
+    """
+    plt = _pyplot()
+    grids = {name: as_grid(m) for name, m in groups.items()}
+    if figsize is None:
+        R = max(g.shape[0] for g in grids.values())
+        C = sum(g.shape[1] for g in grids.values())
+        figsize = (2.6 * len(grids) + 2.2 * C, 0.5 * (title is not None) + 1.3 + 2.3 * R)
+    fig = plt.figure(figsize=figsize, layout="constrained")
+    widths = [g.shape[1] for g in grids.values()]
+    subfigs = np.atleast_1d(fig.subfigures(1, len(grids), width_ratios=widths))
+    for sub, (name, grid) in zip(subfigs, grids.items()):
+        show_heatmaps(grid, row_titles=(row_titles or {}).get(name), col_titles=col_titles,
+                      tick_labels=tick_labels, cmap=cmap, vmin=vmin,
+                      vmax=float(np.nanmax(grid)), title=name, fig=sub)
+    if title is not None:
+        fig.suptitle(title)
+    if path is not None:
+        save_figure(fig, path)
+    return fig
+
+
+# The one colour convention of attention masks, in every notebook and figure:
+# two colours, white = allowed (0), black = masked (1), named on the colour bar.
+MASK_COLOURS = ("white", "black")
+MASK_TICKS = {0.25: "allowed", 0.75: "masked\n(-10000)"}
+
+
+def show_masks(masked, row_titles=None, col_titles=None, tick_labels=None,
+               title="Attention masks (dark = masked)", path=None, figsize=None):
+    """Attention masks in the one convention: DARK = MASKED, WHITE = ALLOWED.
+
+    masked: (rows, cols, Tq, Tk), (cols, Tq, Tk) or (Tq, Tk) array with 1
+        (or True) where query q may NOT attend to key j (the additive mask is
+        -10000 there) and 0 where it may. From an additive mask ``m``:
+        ``masked = m < 0``.
+    The colour bar names the two colours. Returns the Figure.
+    """
+    m = np.asarray(masked, dtype=float)
+    if not np.isin(m, (0.0, 1.0)).all():
+        raise ValueError("show_masks needs 0 (allowed) or 1 (masked) entries; from an additive "
+                         "mask m pass m < 0")
+    from matplotlib.colors import ListedColormap
+    return show_heatmaps(m, row_titles=row_titles, col_titles=col_titles,
+                         tick_labels=tick_labels, cmap=ListedColormap(MASK_COLOURS),
+                         vmin=0.0, vmax=1.0,
+                         title=title, path=path, figsize=figsize, cbar_ticks=MASK_TICKS)
 
 
 def _check_titles(titles, n, name):
@@ -165,20 +242,28 @@ def _set_ticks(ax, q_labels, k_labels):
 
 
 def plot_lines(x, series, xlabel, ylabel, title=None, path=None, logx=False, logy=False,
-               figsize=(5.0, 3.5)):
+               figsize=(5.0, 3.5), styles=None, ax=None):
     """One line per entry of ``series``, on one pair of axes.
 
     x: (P,) the shared x values.
     series: {label: y (P,)} or {label: (x_i (P_i,), y_i (P_i,))} for a curve
-        with its own x values.
+        with its own x values. Curves are drawn in this order, later ones on top.
     logx, logy: logarithmic axes (e.g. throughput against batch size).
-    Returns the Figure (one axes).
+    styles: {label: matplotlib line keywords}, e.g. {"tanh": dict(ls="--")},
+        so curves that nearly coincide stay visible (a wide solid line under
+        a thin dashed one).
+    ax: draw on these axes (e.g. one panel of a larger figure) instead of a
+        new Figure.
+    Returns the Figure (the axes' figure when ``ax`` is given).
     """
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=figsize, layout="constrained")
+    if ax is None:
+        fig, ax = plt.subplots(figsize=figsize, layout="constrained")
+    else:
+        fig = ax.figure
     for label, values in series.items():
         xs, ys = values if isinstance(values, tuple) else (x, values)
-        ax.plot(np.asarray(xs), np.asarray(ys), label=str(label))
+        ax.plot(np.asarray(xs), np.asarray(ys), label=str(label), **(styles or {}).get(label, {}))
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     if logx:
@@ -267,5 +352,6 @@ def plot_positional_encodings(table, path=None, title="Positional encodings",
     return fig
 
 
-__all__ = ["show_heatmaps", "plot_lines", "plot_training_curve", "plot_positional_encodings",
-           "save_figure", "as_grid"]
+__all__ = ["show_heatmaps", "show_heatmap_groups", "show_masks", "plot_lines",
+           "plot_training_curve", "plot_positional_encodings", "save_figure", "as_grid",
+           "MASK_COLOURS", "MASK_TICKS"]

@@ -332,3 +332,99 @@ def test_write_attention_report(tmp_path):
 
 def test_window_labels():
     assert An.window_labels(4) == ["0", "1", "2", "[MASK]"]
+
+
+# -- the gate: verdicts only for a model that learned -------------------------------------
+
+
+def metrics(sampled, full):
+    return {"sampled": {"HR@10": sampled}, "full": {"HR@10": full}}
+
+
+def test_learned_enough_needs_both_protocols_above_popularity():
+    pop = metrics(0.072, 0.0093)
+    assert An.learned_enough(metrics(0.310, 0.0374), pop)["learned"] is True      # Beauty run
+    # beats popularity in the sampled protocol only (an anti-popularity scorer): not learned
+    assert An.learned_enough(metrics(0.309, 0.0), metrics(0.052, 0.005))["learned"] is False
+    # above popularity, but within the margins
+    assert An.learned_enough(metrics(0.072 + 0.04, 0.05), pop)["learned"] is False
+    assert An.learned_enough(metrics(0.5, 0.0093 + 0.005), pop)["learned"] is False
+    skill = An.learned_enough(metrics(0.072 + An.SKILL_SAMPLED_MARGIN,
+                                      0.0093 + An.SKILL_FULL_MARGIN), pop)
+    assert skill["learned"] is True                                              # margins met
+    assert skill["model"] == {"sampled": 0.072 + 0.05, "full": 0.0093 + 0.01}
+    assert "0.05" in skill["rule"] and "0.01" in skill["rule"]
+    with pytest.raises(ValueError, match="'full'"):
+        An.learned_enough({"sampled": {"HR@10": 0.3}}, pop)
+
+
+def test_no_verdict_from_a_model_that_did_not_learn():
+    rng = np.random.default_rng(6)
+    layers = np.stack([np.stack([left_head(), right_head()]), np.stack([recent_head()] * 2)])
+    s = An.attention_stats(layers)
+    pop = metrics(0.1, 0.01)
+    learned = An.observations(s, skill=An.learned_enough(metrics(0.5, 0.1), pop))
+    untrained = An.observations(s, skill=An.learned_enough(metrics(0.1, 0.01), pop))
+    unknown = An.observations(s)
+    for name in learned:
+        holds = learned[name]["holds"]
+        assert untrained[name]["holds"] == holds                 # the numbers are still reported
+        assert learned[name]["verdict"] == (An.AGREES if holds else An.DISAGREES)
+        assert untrained[name]["verdict"] == An.NOT_TRAINED == "model not trained enough to judge"
+        assert unknown[name]["verdict"] == An.NOT_CHECKED
+    one_layer = An.attention_stats(random_maps(rng, 1, 2))
+    assert An.observations(one_layer, skill=An.learned_enough(metrics(0.5, 0.1), pop))[
+        "b_layer2_more_recent_than_layer1"]["verdict"] == An.UNDECIDED
+
+
+def test_the_report_stores_the_skill(tmp_path):
+    avg = random_maps(np.random.default_rng(7), 2, 2)
+    skill = An.learned_enough(metrics(0.1, 0.0), metrics(0.1, 0.01))
+    _, js = An.write_attention_report(avg, tmp_path, skill=skill)
+    report = json.loads(js.read_text())
+    assert report["skill"] == skill
+    assert {o["verdict"] for o in report["observations"].values()} == {An.NOT_TRAINED}
+
+
+def test_stability_counts_only_checkpoints_that_learned():
+    def record(learned, holds):
+        names = ("a", "b", "c", "d")
+        return {"skill": {"learned": learned},
+                "observations": {n: {"holds": h} for n, h in zip(names, holds)}}
+    records = [record(True, (True, True, False, None)), record(True, (True, False, False, None)),
+               record(False, (False, True, True, True))]            # did not learn: ignored
+    out = An.stability(records)
+    assert [out[n]["summary"] for n in "abcd"] == ["stable: holds", "comes and goes",
+                                                   "stable: does not hold", An.NOT_TRAINED]
+    assert (out["b"]["judged"], out["b"]["holds"]) == (2, 1)
+    assert An.stability([]) == {}
+
+
+def test_sequence_attention_is_the_users_own_window():
+    model = tiny_model()
+    h_long, h_short = np.arange(1, 11), np.array([3, 4])
+    (A, ids), (A2, ids2) = An.sequence_attention(model, [h_long, h_short], k=K)
+    assert A.shape == (2, 2, K, K) and A2.shape == (2, 2, 3, 3)       # the short one: 2 items + [MASK]
+    np.testing.assert_array_equal(ids, np.append(h_long[1:], model.cfg.mask_id))
+    np.testing.assert_array_equal(ids2, [3, 4, model.cfg.mask_id])
+    model.encode(np.append(h_long, model.cfg.mask_id)[None])
+    np.testing.assert_allclose(A, model.attention[:, 0][:, :, 1:, 1:], atol=1e-7)
+    np.testing.assert_allclose(A2.sum(-1), 1.0, atol=1e-5)             # the whole sequence
+
+
+def test_labelled_user_map_and_static_explorer(tmp_path, capsys):
+    model = tiny_model()
+    labels = ["[PAD]"] + [f"title {i}" for i in range(1, 11)] + ["[MASK]"]
+    fig = An.write_user_attention(model, np.arange(1, 8), labels, tmp_path / "u.png", k=5)
+    heat = [ax for ax in fig.axes if ax.images and ax.get_label() != "<colorbar>"]
+    assert len(heat) == 4                                               # L x H
+    assert [t.get_text() for t in heat[-1].get_xticklabels()] == [
+        "title 4", "title 5", "title 6", "title 7", "[MASK]"]
+    assert (tmp_path / "u.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not An.widgets_available()                                   # plain Python: no front end
+    fig = An.explore_attention(model, [np.arange(1, 8), np.arange(2, 6)], labels, k=5)
+    assert fig.get_suptitle() == "sequence 1: layer 1, head 1"
+    printed = capsys.readouterr().out
+    assert "the [MASK] query attends most to" in printed and "title" in printed
+    lines = An.mask_row_summary(*An.sequence_attention(model, [np.arange(1, 8)], k=5)[0], labels)
+    assert len(lines) == 4 and lines[0].startswith("layer 1 head 1: ")

@@ -124,3 +124,41 @@ def test_positional_encodings_use_a_symmetric_diverging_scale(tmp_path):
     assert image.get_array().shape == (6, 8)
     assert image.get_cmap().name == "RdBu_r"
     assert (tmp_path / "pe.png").read_bytes()[:8] == PNG_MAGIC
+
+
+def test_masks_have_one_convention_dark_is_masked():
+    masked = np.tril(np.ones((5, 5)), -1).T.astype(bool)          # causal: keys right of the query
+    fig = P.show_masks(masked)
+    (ax,) = panels(fig)
+    image = ax.images[0]
+    assert image.get_clim() == (0.0, 1.0)
+    # 1 = masked is drawn black, 0 = allowed white, and the colour bar says so
+    assert image.cmap(image.norm(1.0))[:3] == (0.0, 0.0, 0.0)
+    assert image.cmap(image.norm(0.0))[:3] == (1.0, 1.0, 1.0)
+    bar = next(a for a in fig.axes if a.get_label() == "<colorbar>")
+    assert [t.get_text() for t in bar.get_yticklabels()] == ["allowed", "masked\n(-10000)"]
+    with pytest.raises(ValueError, match="m < 0"):
+        P.show_masks(np.array([[0.0, -10000.0]]))                 # an additive mask, not 0/1
+
+
+def test_groups_get_their_own_colour_scale(tmp_path):
+    flat = np.full((2, 2, 4, 6), 0.1)
+    sharp = np.zeros((2, 2, 4, 6))
+    sharp[..., 0] = 0.9
+    fig = P.show_heatmap_groups({"flat": flat, "sharp": sharp}, col_titles=["h1", "h2"],
+                                path=tmp_path / "g.png")
+    clims = [ax.images[0].get_clim() for ax in panels(fig)]
+    assert clims == [(0.0, 0.1)] * 4 + [(0.0, 0.9)] * 4           # not one scale up to 0.9
+    bars = [a for a in fig.axes if a.get_label() == "<colorbar>"]
+    assert len(bars) == 2
+    assert (tmp_path / "g.png").read_bytes()[:8] == PNG_MAGIC
+
+
+def test_plot_lines_styles_and_given_axes():
+    fig, (a, b) = plt.subplots(1, 2)
+    x = np.linspace(0, 1, 5)
+    out = P.plot_lines(x, {"wide": x, "dashed": x}, "x", "y", ax=b,
+                       styles={"wide": dict(lw=5), "dashed": dict(ls="--")})
+    assert out is fig and not a.lines
+    assert [line.get_linewidth() for line in b.lines][0] == 5
+    assert b.lines[1].get_linestyle() == "--"
