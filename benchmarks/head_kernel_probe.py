@@ -1,9 +1,9 @@
-"""Optional: what a compiled, fused output-head kernel could buy (issue 5's 0.5 efficiency).
+"""Optional: what a compiled, fused output-head kernel could buy (the head's share of the matmul peak).
 
     python benchmarks/head_kernel_probe.py                 # OpenBLAS phases of the head, one thread
     pip install numba mkl && python benchmarks/head_kernel_probe.py   # + a compiled loop kernel, + MKL
 
-On Beauty the output head (model.tied_output_loss) is ~75 % of a training step and
+On Beauty the output head (minibert4rec.fast.fused_output_loss) is ~75 % of a training step and
 ~95 % of its FLOPs. This script times its phases for one chunk of m masked rows on
 ONE BLAS thread (each of the head's two threads does exactly this for half of the
 vocabulary), in the head's own cache-sized tiles:
@@ -35,8 +35,8 @@ import numpy as np
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from minibert4rec import bench  # noqa: E402,F401  (sets OPENBLAS_THREAD_TIMEOUT before BLAS starts)
-from minibert4rec.model import head_tiles  # noqa: E402
-from minibert4rec.threads import blas_thread_limit  # noqa: E402
+from minibert4rec.fast.head import head_tiles  # noqa: E402
+from minibert4rec.fast.threads import blas_thread_limit  # noqa: E402
 
 
 def median_seconds(fn, repeats):
@@ -110,6 +110,12 @@ def mkl_sgemm():
                         out.shape[0], out.shape[1], k, 1.0, x.ctypes.data, x.shape[1],
                         y.ctypes.data, y.shape[1], 0.0, out.ctypes.data, out.shape[1])
     return matmul
+
+
+def gflops(flop, seconds):
+    """flop / seconds in GFLOP/s; NaN when a phase measured no time at all (a tiny shape on
+    a coarse or busy clock: a phase is the difference of two medians, clipped at 0)."""
+    return flop / seconds / 1e9 if seconds > 0 else float("nan")
 
 
 def main(argv=None):
@@ -195,32 +201,32 @@ def main(argv=None):
                        ("exp, in place", t_exp, 0),
                        ("z E     z @ [E|1]         (m,w)@(w,65)", t_ze, flop),
                        ("dE      z^T @ [an|a]      (w,m)@(m,65)", t_de, flop)):
-        g = f"{f / t / 1e9:8.0f} {f / t / 1e9 / peak:8.0%}" if f else ""
+        g = f"{gflops(f, t):8.0f} {gflops(f, t) / peak:8.0%}" if f else ""
         print(f"{name:<44s} {t * 1e3:7.1f} {t / total:6.1%} {g}")
-    print(f"{'head (these four)':<44s} {total * 1e3:7.1f} {1:6.0%} {3 * flop / total / 1e9:8.0f} "
-          f"{3 * flop / total / 1e9 / peak:8.0%}")
+    print(f"{'head (these four)':<44s} {total * 1e3:7.1f} {1:6.0%} {gflops(3 * flop, total):8.0f} "
+          f"{gflops(3 * flop, total) / peak:8.0%}")
     print()
     if ph_mkl is None:
         print("(Intel MKL not found: pip install mkl to time the same phases with its sgemm)")
     else:
         tm = ph_mkl["logits"] + ph_mkl["exp"] + ph_mkl["zE"] + ph_mkl["dE"]
         print("the same phases with Intel MKL's sgemm (one thread): " + ", ".join(
-            f"{k} {ph_mkl[k] * 1e3:.1f} ms" + (f" ({flop / ph_mkl[k] / 1e9:.0f} GFLOP/s)" if k != "exp" else "")
+            f"{k} {ph_mkl[k] * 1e3:.1f} ms" + (f" ({gflops(flop, ph_mkl[k]):.0f} GFLOP/s)" if k != "exp" else "")
             for k in ("logits", "exp", "zE", "dE")))
-        print(f"  head {tm * 1e3:.1f} ms, {3 * flop / tm / 1e9:.0f} GFLOP/s, "
-              f"{3 * flop / tm / 1e9 / peak:.0%} of NumPy's peak")
+        print(f"  head {tm * 1e3:.1f} ms, {gflops(3 * flop, tm):.0f} GFLOP/s, "
+              f"{gflops(3 * flop, tm) / peak:.0%} of NumPy's peak")
     print(f"the logits computed twice instead of stored: {t_recompute * 1e3:.1f} ms "
-          f"({3 * flop / t_recompute / 1e9:.0f} GFLOP/s)")
-    print(f"exp fused into the matmul for free: at most {3 * flop / (total - t_exp) / 1e9:.0f} GFLOP/s "
-          f"({3 * flop / (total - t_exp) / 1e9 / peak:.0%} of peak) for the head")
+          f"({gflops(3 * flop, t_recompute):.0f} GFLOP/s)")
+    print(f"exp fused into the matmul for free: at most {gflops(3 * flop, total - t_exp):.0f} GFLOP/s "
+          f"({gflops(3 * flop, total - t_exp) / peak:.0%} of peak) for the head")
     tile_flop = 2.0 * m * width * (D + 1)
     print(f"one logits tile ({m} x {D + 1}) @ ({D + 1} x {width}): OpenBLAS "
-          f"{tile_flop / t_tile_blas / 1e9:.0f} GFLOP/s", end="")
+          f"{gflops(tile_flop, t_tile_blas):.0f} GFLOP/s", end="")
     if t_tile_numba is None:
         print("; numba not installed (pip install numba) for the compiled loop kernel")
     else:
         print(f", numba loop kernel (4 x 32 register block, fastmath) "
-              f"{tile_flop / t_tile_numba / 1e9:.0f} GFLOP/s")
+              f"{gflops(tile_flop, t_tile_numba):.0f} GFLOP/s")
 
 
 if __name__ == "__main__":

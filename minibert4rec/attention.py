@@ -3,7 +3,7 @@
 Axis letters as in ``layers.py``: B batch, H heads, T positions (Tq queries,
 Tk keys), D model width, Dh = D // H the width of one head.
 
-Scaled dot-product attention (layer 9)
+Scaled dot-product attention (layer 9 of the teaching order; 1-8 are in layers.py)
     scores  = Q K^T / sqrt(Dh) + mask          (B, H, Tq, Tk)
     weights = softmax(scores)  over keys        (B, H, Tq, Tk), rows sum to 1
     out     = Dropout(weights) V                (B, H, Tq, Dh)
@@ -45,7 +45,15 @@ def attention_forward(q, k, v, mask=None, dropout_p=0.0, rng=None, train=True):
 
 
 def attention_backward(dout, cache):
-    """dout: (B, H, Tq, Dh) -> dq (B, H, Tq, Dh), dk (B, H, Tk, Dh), dv (B, H, Tk, Dh)."""
+    """dout: (B, H, Tq, Dh) -> (dq (B, H, Tq, Dh), dk (B, H, Tk, Dh), dv (B, H, Tk, Dh)).
+
+    The forward, read backwards, one line at a time (for every (b, h) pair):
+      out = dropped @ v          ->  d_dropped = dout v^T,   dv = dropped^T dout
+      dropped = dropout(weights) ->  dweights = dropout_backward(d_dropped)
+      weights = softmax(scores + mask) -> dscores = weights * (dweights - rowsum(dweights * weights))
+      scores = q k^T * scale     ->  dq = dscores k * scale,  dk = dscores^T q * scale
+    The mask is a constant and gets no gradient.
+    """
     q, k, v, dropped, sm_cache, drop_cache, scale = cache
     # forward: out = dropped @ v
     d_dropped = dout @ v.swapaxes(-1, -2)                     # (B, H, Tq, Tk)
@@ -109,7 +117,13 @@ def mha_forward(x, p, H, mask=None, dropout_p=0.0, rng=None, train=True):
 
 
 def mha_backward(dout, cache):
-    """dout: (B, T, D) -> dx (B, T, D), grads {Wq, bq, Wk, bk, Wv, bv, Wo, bo}."""
+    """dout: (B, T, D) -> (dx (B, T, D), grads {Wq, bq, Wk, bk, Wv, bv, Wo, bo}).
+
+    Backwards through the forward: the output projection (a linear layer),
+    merge_heads (a reshape: its gradient is split_heads of dconcat), attention,
+    then the three projections, done as one linear layer with the (D, 3D)
+    matrix [Wq | Wk | Wv], whose gradient splits back into three (D, D) parts.
+    """
     qkv_cache, att_cache, out_cache, H = cache
     B, T, D = dout.shape
     dconcat, dWo, dbo = linear_backward(dout, out_cache)               # (B, T, D)

@@ -46,9 +46,13 @@ from collections import defaultdict
 
 import numpy as np
 
-from .threads import blas_thread_limit, blas_threads  # noqa: F401  (re-exported)
-from .threads import keep_freed_memory, memory_kept
+from . import fast
+from . import model as model_module
 from .cloze import ClozeSampler, make_windows
+from .fast import threads as fast_threads
+from .fast.head import fused_output_loss
+from .fast.threads import blas_thread_limit, blas_threads  # noqa: F401  (re-exported)
+from .fast.threads import memory_kept
 from .model import BERT4Rec, Config
 from .optim import AdamWeightDecay
 
@@ -159,10 +163,11 @@ def synthetic_histories(cfg, n_batches, rng, batch_size=None) -> list:
     return [_users(cfg, B, rng) for _ in range(n_batches)]
 
 
-def build_model(cfg, seed=0):
-    """BERT4Rec (float32) and the training optimizer for a benchmark configuration."""
+def build_model(cfg, seed=0, kernels="fast"):
+    """BERT4Rec (float32) with the given kernels and the training optimizer for a configuration."""
     mcfg = Config(**{k: cfg[k] for k in _MODEL_KEYS if k in cfg})
-    model = BERT4Rec(mcfg, seed=seed, dtype=np.float32)
+    # the process-wide settings of the fast path are run_benchmark's business (keep_memory)
+    model = BERT4Rec(mcfg, seed=seed, dtype=np.float32, output_loss=fast.output_loss_for(kernels))
     opt = AdamWeightDecay(model.params, lr=1e-3, warmup=100, total_steps=10_000)
     return model, opt
 
@@ -180,7 +185,7 @@ FFN_GELU = "feed-forward: GELU"
 EMB = "embeddings: lookup, position, mask"
 LN = "LayerNorm + residual + dropout"
 HEAD = "output head: gather + transform"
-LOGITS = "output logits + loss (fused)"
+LOGITS = "output logits + loss"
 OPT_CLIP = "optimizer: clip by global norm"
 OPT_UPDATE = "optimizer: AdamWeightDecay update"
 OTHER = "other (Python glue, untimed)"
@@ -253,7 +258,6 @@ PATCHES = (
     ("minibert4rec.model", "gather_rows_backward", HEAD, BWD, False),
     ("minibert4rec.model", "head_transform_forward", HEAD, FWD, True),
     ("minibert4rec.model", "head_transform_backward", HEAD, BWD, True),
-    ("minibert4rec.model", "tied_output_loss", LOGITS, FUSED, False),
     ("minibert4rec.encoder", "mha_forward", PROJ, FWD, False),      # own: weight concat, head split/merge
     ("minibert4rec.encoder", "mha_backward", PROJ, BWD, False),
     ("minibert4rec.encoder", "residual_layernorm_forward", LN, FWD, False),
@@ -368,7 +372,7 @@ def matmul_peak_gflops(n=2048, repeats=5, dtype=np.float32, seed=0) -> float:
 def head_matmul_gflops(M, D, V, repeats=5, seed=0) -> dict:
     """How fast BLAS alone runs the output head's three products at one step's shape.
 
-    The fused head (model.tied_output_loss) does 3 x 2 M D V of the step's
+    The fused head (fast.fused_output_loss) does 3 x 2 M D V of the step's
     FLOPs in three products that all have one side only D + 1 wide:
 
       z = [n | 1] @ [E | b]^T     (M, D+1) @ (D+1, V)     the logits
@@ -378,11 +382,11 @@ def head_matmul_gflops(M, D, V, repeats=5, seed=0) -> dict:
     Timed here with nothing else: no exp, no loss, in the two ways the head
     could run them: whole-vocabulary calls on all BLAS threads ("blas"), and
     cache-sized tiles split over the cores with one BLAS thread each ("split",
-    what tied_output_loss does). Returns {"blas": GFLOP/s, "split": GFLOP/s,
+    what fused_output_loss does). Returns {"blas": GFLOP/s, "split": GFLOP/s,
     "best": the larger}, FLOPs counted as 3 x 2 M D V like the step's.
     """
-    from .model import head_tiles
-    from .threads import run_split_blas
+    from .fast.head import head_tiles
+    from .fast.threads import run_split_blas
     rng = np.random.default_rng(seed)
     n1 = rng.standard_normal((M, D + 1), dtype=np.float32)                  # (M, D+1)
     Eb = rng.standard_normal((V, D + 1), dtype=np.float32)                  # (V, D+1)
@@ -473,7 +477,8 @@ def _stats(xs) -> dict:
 
 def run_benchmark(config="beauty", steps=20, warmup=3, seed=0, progress=False, *,
                   profile=True, inference=True, peak=True, inference_steps=None,
-                  overrides=None, threads=None, keep_memory=True) -> dict:
+                  overrides=None, threads=None, keep_memory=True, kernels="fast",
+                  compare=True) -> dict:
     """Time training and inference steps on synthetic batches; return a JSON-ready dict.
 
     config:  "beauty", "ml-1m", "tiny" or a dict like ``CONFIGS[...]``
@@ -486,9 +491,13 @@ def run_benchmark(config="beauty", steps=20, warmup=3, seed=0, progress=False, *
     peak:    measure the float32 matmul peak (True), skip it (False), or use a given number
     overrides: dict of configuration values to change (vocab_size, batch_size, max_len, lengths, ...)
     threads: limit OpenBLAS to this many threads for the whole run (peak included); None: as is
-    keep_memory: call ``threads.keep_freed_memory()`` first (as ``train`` does); False
+    keep_memory: with the fast kernels, let malloc keep freed memory (as ``train
+             --kernels fast`` does, see ``fast.threads.keep_freed_memory``); False
              measures malloc's default behaviour (only meaningful in a fresh process:
              the setting cannot be undone)
+    kernels: "fast" (``fast.enable()`` first) or "reference" (no process-wide setting)
+    compare: also time the reference path and each trick of the fast path on the
+             same batches, interleaved (see ``compare_tricks``)
 
     Keys of the result: see ``format_report``; at least train_sequences_per_s,
     train_tokens_per_s, inference_sequences_per_s, achieved_gflops, peak_gflops,
@@ -497,16 +506,22 @@ def run_benchmark(config="beauty", steps=20, warmup=3, seed=0, progress=False, *
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
     cfg = resolve_config(config, **(overrides or {}))
-    if keep_memory:
-        keep_freed_memory()
+    fast.check_kernels(kernels)
+    if kernels == "fast":
+        if keep_memory:
+            fast.enable()
+        else:
+            fast_threads.prefer_short_blas_spin()
     with blas_thread_limit(threads):
-        return _run(cfg, steps, warmup, seed, progress, profile, inference, peak, inference_steps)
+        return _run(cfg, steps, warmup, seed, progress, profile, inference, peak, inference_steps,
+                    kernels, compare)
 
 
-def _run(cfg, steps, warmup, seed, progress, profile, inference, peak, inference_steps) -> dict:
+def _run(cfg, steps, warmup, seed, progress, profile, inference, peak, inference_steps,
+         kernels="fast", compare=False) -> dict:
     rng = np.random.default_rng(seed)
     load_start = _load()
-    model, opt = build_model(cfg, seed)
+    model, opt = build_model(cfg, seed, kernels)
     batches = synthetic_batches(cfg, steps, rng)
     drop_rng = np.random.default_rng(seed + 1)
 
@@ -533,6 +548,7 @@ def _run(cfg, steps, warmup, seed, progress, profile, inference, peak, inference
 
     result = {
         "config": cfg["name"],
+        "kernels": kernels,
         "model": model.cfg.to_dict(),
         "batch_size": cfg["batch_size"], "mask_ratio": cfg["mask_ratio"],
         "max_predictions": cfg["max_predictions"], "length_law": cfg["lengths"],
@@ -549,7 +565,7 @@ def _run(cfg, steps, warmup, seed, progress, profile, inference, peak, inference
         "achieved_gflops": float(np.median(flops / step_s) / 1e9),
         "achieved_gflops_overall": float(flops.sum() / step_s.sum() / 1e9),
         # process-wide CPU time of the timed steps (all threads): system time and page
-        # faults show the cost of fresh memory (see threads.keep_freed_memory)
+        # faults show the cost of fresh memory (see fast.threads.keep_freed_memory)
         "cpu_user_s_per_step": (ru1.ru_utime - ru0.ru_utime) / steps,
         "cpu_system_s_per_step": (ru1.ru_stime - ru0.ru_stime) / steps,
         "cpu_utilisation": ((ru1.ru_utime - ru0.ru_utime) + (ru1.ru_stime - ru0.ru_stime)) / step_s.sum(),
@@ -561,16 +577,27 @@ def _run(cfg, steps, warmup, seed, progress, profile, inference, peak, inference
         prof = Profiler()
         prof_s = []
         upd = prof.wrap(opt.step, OPT_UPDATE, STEP)
-        with profiled(prof):
-            for i, b in enumerate(batches):
-                t0 = time.perf_counter()
-                _train_step(model, opt, b, drop_rng, step_fn=upd)
-                prof_s.append(time.perf_counter() - t0)
-                _progress(progress, f"profiled step {i + 1}/{steps}: {1e3 * prof_s[-1]:.1f} ms")
+        plain_loss = model.output_loss
+        model.output_loss = prof.wrap(plain_loss, LOGITS, FUSED)      # the whole output loss
+        try:
+            with profiled(prof):
+                for i, b in enumerate(batches):
+                    t0 = time.perf_counter()
+                    _train_step(model, opt, b, drop_rng, step_fn=upd)
+                    prof_s.append(time.perf_counter() - t0)
+                    _progress(progress, f"profiled step {i + 1}/{steps}: {1e3 * prof_s[-1]:.1f} ms")
+        finally:
+            model.output_loss = plain_loss
         result["profiled_step_ms"] = {k: 1e3 * v for k, v in _stats(prof_s).items()}
         result["components"] = _component_table(prof, float(np.sum(prof_s)), len(batches),
                                                 shapes, model)
         result["unprofiled_names"] = list(prof.skipped)
+
+    # -- the reference path and each trick of the fast path, on the same batches
+    if compare:
+        result["tricks"] = compare_tricks(model, batches, drop_rng, progress)
+        ref = result["tricks"][0]
+        result["reference_sequences_per_s"] = ref["sequences_per_s"]
 
     # -- inference: score_next over the whole vocabulary, evaluation's batches
     if inference:
@@ -634,6 +661,51 @@ def _run(cfg, steps, warmup, seed, progress, profile, inference, peak, inference
     return result
 
 
+#: The tricks of the fast path, in the order they are switched on (see compare_tricks).
+TRICKS = (
+    ("reference: plain output loss, (M, V) logits formed whole", "reference"),
+    ("fused tiled head: logits never formed, exp in the cache", "fused, one group"),
+    ("+ head tiles on two threads, one BLAS thread each", "fused, two groups"),
+)
+
+
+def compare_tricks(model, batches, rng, progress=False) -> list:
+    """Forward + backward time of the reference path and of each fast-path trick.
+
+    Every batch is run once per variant, one variant after the other on the
+    same batch (interleaved, so a change in the machine's load touches all of
+    them alike); no optimizer step, so the weights stay as they are. Each row:
+    {"trick", "step_ms" (median over batches), "sequences_per_s" (median),
+    "speedup" (median over batches of reference time / this time)}. The
+    process-wide settings (malloc, BLAS threads and spin) are those in effect.
+    """
+    saved_loss, saved_split = model.output_loss, fast_threads.SPLIT_THREADS
+    variants = {"reference": (model_module.output_loss, saved_split),
+                "fused, one group": (fused_output_loss, 1),
+                "fused, two groups": (fused_output_loss, max(2, saved_split))}
+    times = {name: [] for _, name in TRICKS}
+    try:
+        for i, b in enumerate(batches):
+            for _, name in TRICKS:
+                model.output_loss, fast_threads.SPLIT_THREADS = variants[name]
+                t0 = time.perf_counter()
+                model.loss_and_grads(b.ids, b.sel, b.targets, rng=rng, train=True)
+                times[name].append(time.perf_counter() - t0)
+            _progress(progress, f"compared kernels on batch {i + 1}/{len(batches)}: " + ", ".join(
+                f"{1e3 * times[n][-1]:.0f} ms" for _, n in TRICKS))
+    finally:
+        model.output_loss, fast_threads.SPLIT_THREADS = saved_loss, saved_split
+    Bs = np.array([len(b.lengths) for b in batches], dtype=np.float64)
+    ref = np.array(times["reference"])
+    rows = []
+    for label, name in TRICKS:
+        t = np.array(times[name])
+        rows.append({"trick": label, "step_ms": float(1e3 * np.median(t)),
+                     "sequences_per_s": float(np.median(Bs / t)),
+                     "speedup": float(np.median(ref / t))})
+    return rows
+
+
 def _component_table(prof, total_s, n_steps, shapes, model) -> list:
     """Rows {component, forward_ms, backward_ms, fused_ms, step_ms, total_ms, share, gflop, gflops}."""
     rows = []
@@ -693,7 +765,8 @@ def _scaling(base, vary, values, steps, warmup, seed, progress, peak) -> list:
         if vary == "max_len":
             over["lengths"] = "full"
         r = run_benchmark(base, steps=steps, warmup=warmup, seed=seed, progress=False,
-                          profile=False, inference=True, peak=peak_g, overrides=over)
+                          profile=False, inference=True, peak=peak_g, overrides=over,
+                          compare=False)
         row = {"vary": vary, "value": int(v), "mean_T": r["mean_T"], "mean_M": r["mean_M"],
                "step_ms": r["step_ms"]["median"],
                "train_sequences_per_s": r["train_sequences_per_s"],
@@ -776,6 +849,13 @@ def format_report(r: dict) -> str:
                      f"elementwise work free)"))
     width = max(len(k) for k, _ in rows)
     out += [f"{k:<{width}s}  {v}" for k, v in rows]
+    if r.get("tricks"):
+        out += ["", "what each trick buys (forward + backward of the same batches, interleaved; "
+                    "median over batches):"]
+        w = max(len(t["trick"]) for t in r["tricks"])
+        out += [f"{'trick':<{w}s} {'ms/step':>9s} {'seq/s':>8s} {'speed-up':>9s}"]
+        out += [f"{t['trick']:<{w}s} {t['step_ms']:9.1f} {t['sequences_per_s']:8.0f} "
+                f"{t['speedup']:8.2f}x" for t in r["tricks"]]
     if r.get("components"):
         ps = r["profiled_step_ms"]["median"]
         out += ["", f"where the time goes (exclusive ms per step, mean over the profiled steps; "
@@ -793,10 +873,9 @@ def format_report(r: dict) -> str:
             out.append(f"{c['component']:<{name_w}s} {_ms(c['forward_ms'])} {_ms(c['backward_ms'])} "
                        f"{_ms(fused)} {c['total_ms']:9.2f} {100 * c['share']:5.1f}% {gf} {gs}")
         out += ["-" * len(head), f"{'total':<{name_w}s} {'':9s} {'':9s} {'':9s} {tot:9.2f} {'100.0%':>6s}",
-                "The fused output function computes logits, softmax cross-entropy and their "
-                "gradients in one pass,",
-                "so its forward and backward cannot be timed apart (its exp() runs tile by tile "
-                "inside it)."]
+                "The output loss computes logits, softmax cross-entropy and their gradients in "
+                "one call (fused, with",
+                "the fast kernels), so its forward and backward are timed together."]
         if r.get("unprofiled_names"):
             out.append("not found in the library (not timed): " + ", ".join(r["unprofiled_names"]))
     load = r.get("load_average_start")
@@ -830,7 +909,11 @@ def add_arguments(parser):
     parser.add_argument("--json", action="store_true", help="print the result as one JSON object")
     parser.add_argument("--malloc-default", action="store_true",
                         help="leave malloc returning freed memory to the system (to measure "
-                             "what keeping it buys; see threads.keep_freed_memory)")
+                             "what keeping it buys; see fast.threads.keep_freed_memory)")
+    parser.add_argument("--kernels", choices=("fast", "reference"), default="fast",
+                        help="the path timed first (default fast); the table of tricks shows both")
+    parser.add_argument("--no-compare", action="store_true",
+                        help="skip the table that times the reference path and each trick")
 
 
 def command(args) -> int:
@@ -839,6 +922,8 @@ def command(args) -> int:
     r = run_benchmark(args.config, steps=args.steps, warmup=args.warmup, seed=args.seed,
                       progress=not args.json, threads=getattr(args, "threads", None),
                       keep_memory=not getattr(args, "malloc_default", False),
+                      kernels=getattr(args, "kernels", "fast"),
+                      compare=not getattr(args, "no_compare", False),
                       overrides={"cloze_copies": getattr(args, "cloze_copies", None)})
     print(json.dumps(r, indent=1) if args.json else format_report(r))
     return 0

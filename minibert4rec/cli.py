@@ -20,7 +20,7 @@ from .errors import InputError, int_at_least
 
 def cmd_gradcheck(args) -> int:
     from .gradcheck import suite
-    results = suite(seed=args.seed)
+    results = suite(seed=args.seed, kernels=args.kernels)
     failed = [r for r in results if not r.passed]
     if args.json:
         print(json.dumps([r.as_dict() for r in results], indent=1))
@@ -55,7 +55,7 @@ def _train_config(args):
     keys = ("dataset", "data_dir", "epochs", "minutes", "seed", "lr", "batch_size", "hidden",
             "layers", "heads", "max_len", "mask_ratio", "position", "attention", "gelu",
             "warmup", "track_test", "min_interactions", "decay_epochs", "threads",
-            "holdout_validation", "cloze_copies", "n_negatives")
+            "holdout_validation", "cloze_copies", "n_negatives", "kernels")
     kw = {k: getattr(args, k) for k in keys if getattr(args, k, None) is not None}
     if getattr(args, "dropout", None) is not None:
         kw["hidden_dropout"] = args.dropout
@@ -194,8 +194,9 @@ def cmd_demo(args) -> int:
     from .data import leave_one_out
     from .plotting import plot_training_curve
     from .train import TrainConfig, dataset_of, load_json, load_run, popularity_metrics, train
-    tcfg = TrainConfig(**DEMO, seed=args.seed, progress=not args.no_progress)
+    tcfg = TrainConfig(**DEMO, seed=args.seed, progress=not args.no_progress, kernels=args.kernels)
     run_dir = args.run_dir
+    out = args.out or run_dir
     print("Training a small BERT4Rec on the embedded synthetic data (items follow hidden "
           "chains; see minibert4rec.data.synthetic) ...")
     metrics = train(tcfg, run_dir)
@@ -205,12 +206,12 @@ def cmd_demo(args) -> int:
     _print_metrics_table({"BERT4Rec": metrics, "popularity baseline": popularity_metrics(ds, seed=args.seed)})
     model, _, _ = load_run(run_dir)
     avg = collect_attention(model, leave_one_out(ds).test_input, k=10)
-    png, js = write_attention_report(avg, args.out, name="attention",
+    png, js = write_attention_report(avg, out, name="attention",
                                      title="Demo: average attention, last 10 positions (9 = [MASK])")
     history = load_json(os.path.join(run_dir, "state.json"))["history"]
     import matplotlib.pyplot as plt
-    plt.close(plot_training_curve(history, path=os.path.join(args.out, "training_curve.png")))
-    print(f"\nwrote {png}, {js} and {os.path.join(args.out, 'training_curve.png')}; "
+    plt.close(plot_training_curve(history, path=os.path.join(out, "training_curve.png")))
+    print(f"\nwrote {png}, {js} and {os.path.join(out, 'training_curve.png')}; "
           f"checkpoint in {run_dir}")
     return 0
 
@@ -248,6 +249,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true",
                    help="print a JSON list of {component, tensor, max_rel_error, passed}")
     p.add_argument("--seed", type=int_at_least(0), default=0, help="seed of the random inputs (default 0)")
+    p.add_argument("--kernels", choices=("reference", "fast"), default="reference",
+                   help="check the plain layers (default) or, for the training loss and the "
+                        "whole model, the fast path's fused output head")
     p.set_defaults(func=cmd_gradcheck)
 
     p = sub.add_parser("train", help="train BERT4Rec on a dataset",
@@ -294,6 +298,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "paper); small data sets need fewer")
     p.add_argument("--threads", type=int, help="BLAS threads (default: NumPy's); 1 is faster "
                                                "when other work shares the cores")
+    p.add_argument("--kernels", choices=("fast", "reference"), default=None,
+                   help="fast (default): the fused output head and the fast path's thread and "
+                        "memory settings; reference: the plain layers (same numbers, slower)")
     p.add_argument("--out", metavar="RUN_DIR", help="run directory (default runs/DATASET)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -339,8 +346,10 @@ def build_parser() -> argparse.ArgumentParser:
                                    "BERT4Rec on synthetic data with planted structure, print its "
                                    "metrics beside the popularity baseline, write attention "
                                    "heat-maps.")
-    p.add_argument("--out", default=os.path.join("figures", "demo"), metavar="DIR",
-                   help="where the PNGs go (default figures/demo)")
+    p.add_argument("--out", default=None, metavar="DIR",
+                   help="where the PNGs go (default: the run directory)")
+    p.add_argument("--kernels", choices=("fast", "reference"), default="fast",
+                   help="fast (default) or reference kernels (same numbers up to rounding)")
     p.add_argument("--seed", type=int_at_least(0), default=0)
     p.add_argument("--run-dir", default=os.path.join("runs", "demo"),
                    help="checkpoint directory (default runs/demo)")

@@ -41,7 +41,11 @@ def ffn_forward(x, p, gelu="erf"):
 
 
 def ffn_backward(dout, cache):
-    """dout: (B, T, D) -> dx (B, T, D), grads {W1, b1, W2, b2}."""
+    """dout: (B, T, D) -> (dx (B, T, D), grads {W1, b1, W2, b2}).
+
+    forward: h = x W1 + b1 -> g = GELU(h) -> out = g W2 + b2; backwards, each
+    layer's backward takes the gradient of its output and gives its input's.
+    """
     c1, c2, c3 = cache
     dg, dW2, db2 = linear_backward(dout, c3)
     (dh,) = gelu_backward(dg, c2)
@@ -62,7 +66,7 @@ def residual_layernorm_forward(x, y, gamma, beta, dropout_p=0.0, rng=None, train
 
 
 def residual_layernorm_backward(dout, cache):
-    """dout: (B, T, D) -> dx (B, T, D), dy (B, T, D), dgamma (D,), dbeta (D,).
+    """dout: (B, T, D) -> (dx (B, T, D), dy (B, T, D), dgamma (D,), dbeta (D,)).
 
     The residual sum copies its gradient to both branches: dx gets ds directly,
     dy gets it through the dropout mask. The caller ADDS dx to the gradient
@@ -95,7 +99,7 @@ def block_forward(x, p, H, mask=None, hidden_dropout=0.0, attention_dropout=0.0,
 
 
 def block_backward(dout, cache):
-    """dout: (B, T, D) -> dx (B, T, D), grads (same keys as the block's parameters)."""
+    """dout: (B, T, D) -> (dx (B, T, D), grads (same keys as the block's parameters))."""
     c_att, c_ln1, c_ffn, c_ln2 = cache
     # forward: out = LN2(a + Dropout(f)),  f = FFN(a)
     da, df, dln2_g, dln2_b = residual_layernorm_backward(dout, c_ln2)

@@ -34,6 +34,7 @@ generator inside ``fwd`` from a fixed seed, so every call drops the same units.
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -158,8 +159,22 @@ def _with_dropout(p, seed=123):
     return np.random.default_rng(seed) if p > 0 else None
 
 
-def suite(seed=0, tol=DEFAULT_TOL, model_tol=MODEL_TOL):
-    """Gradient-check all 14 parts (and the whole model); returns a list of CheckResult."""
+def _training_loss(kernels):
+    """The training loss of ``kernels`` ("reference" or "fast"); the fast one cut into
+    chunks of 3 rows and tiles of 4 columns, so that the tiling itself is checked."""
+    from .fast import output_loss_for
+    loss_fn = output_loss_for(kernels)
+    if kernels == "fast":
+        loss_fn = functools.partial(loss_fn, chunk=3, tile=12)
+    return loss_fn
+
+
+def suite(seed=0, tol=DEFAULT_TOL, model_tol=MODEL_TOL, kernels="reference"):
+    """Gradient-check all 14 parts (and the whole model); returns a list of CheckResult.
+
+    kernels: "reference" (the plain layers) or "fast": the training loss (and
+    the whole-model check) then use ``minibert4rec.fast``'s fused output head.
+    """
     from . import attention as A
     from . import encoder as Enc
     from . import layers as Ly
@@ -292,19 +307,21 @@ def suite(seed=0, tol=DEFAULT_TOL, model_tol=MODEL_TOL):
         lambda a: Mo.cross_entropy_forward(a["logits"], targets, weights),
         lambda d, c: {"logits": Mo.cross_entropy_backward(float(d), c)[0]},
         {"logits": r(len(targets), V)})
-    # the fused (chunked) head + loss used for training, against the same definition
-    add("14 fused logits + loss (training path)",
-        lambda a: (Mo.tied_output_loss(a["n"], a["E"], a["b"], targets, weights, chunk=3)[0], None),
+    # the training loss (tied logits + loss, forward and backward in one call), with
+    # a repeated target; the fast one in chunks of 3 rows and tiles of 4 columns
+    loss_fn = _training_loss(kernels)
+    add(f"14 output loss (training path, {kernels})",
+        lambda a: (loss_fn(a["n"], a["E"], a["b"], targets, weights)[0], None),
         lambda d, c: dict(zip(("n", "E", "b"), (float(d) * g for g in
-                              Mo.tied_output_loss(arr["n"], arr["E"], arr["b"], targets, weights,
-                                                  chunk=3)[1:]))),
+                              loss_fn(arr["n"], arr["E"], arr["b"], targets, weights)[1:]))),
         arr := {"n": r(len(targets), D), "E": r(V, D), "b": r(V)})
-    res.extend(model_checks(seed=seed, tol=model_tol))
+    res.extend(model_checks(seed=seed, tol=model_tol, kernels=kernels))
     return res
 
 
-def model_checks(seed=0, tol=MODEL_TOL, configs=None):
-    """Whole-model checks: every parameter of a tiny BERT4Rec, tied embedding included."""
+def model_checks(seed=0, tol=MODEL_TOL, configs=None, kernels="reference"):
+    """Whole-model checks: every parameter of a tiny BERT4Rec, tied embedding included,
+    with a repeated target item; ``kernels`` picks the training loss (see ``suite``)."""
     from .model import BERT4Rec, Config
 
     configs = configs or [
@@ -317,19 +334,19 @@ def model_checks(seed=0, tol=MODEL_TOL, configs=None):
     ids[1, 3:] = 0
     ids[0, 2] = ids[1, 1] = V_m - 1             # two [MASK]ed positions ...
     sel = np.array([2, T + 1, 4])               # ... plus one ordinary position
-    targets = np.array([4, 2, 5])
+    targets = np.array([4, 2, 4])               # item 4 is the target twice
     res = []
     for label, kw in configs:
         cfg = Config(vocab_size=V_m, max_len=N, hidden=D, layers=2, heads=H, ffn=F,
                      hidden_dropout=0.2, attention_dropout=0.2, **kw)
-        model = BERT4Rec(cfg, seed=seed, dtype=np.float64)
+        model = BERT4Rec(cfg, seed=seed, dtype=np.float64, output_loss=_training_loss(kernels))
         for k in model.params:                  # move off the init so LN/bias grads are generic
             model.params[k] += 0.05 * np.random.default_rng(seed + len(k)).standard_normal(model.params[k].shape)
 
         def fwd(a):
             model.params = a
             loss, grads = model.loss_and_grads(ids, sel, targets, rng=np.random.default_rng(5),
-                                               train=True, chunk=2)
+                                               train=True)
             return loss, grads
 
         def bwd(d, grads):
@@ -399,8 +416,10 @@ class _Spec:
 
 
 def _grade_sizes(rng):
-    """B, T, H, Dh all different (2..5), D = H Dh, Dout = D + 1, V = 11, M = 7: every axis its own size."""
+    """B, T, H, Dh all different (2..5, T >= 3), D = H Dh, Dout = D + 1, V = 11, M = 7: every axis its own size."""
     B, T, H, Dh = (int(s) for s in rng.permutation([2, 3, 4, 5]))
+    if T == 2:                                                   # at least 3 positions: a causal mask
+        B, T = T, B                                              # then differs from padding alone
     D = H * Dh
     return dict(B=B, T=T, H=H, Dh=Dh, D=D, Dout=D + 1, V=11, M=7)
 
@@ -445,8 +464,8 @@ def _grade_specs():
         for label, causal, all_masked, tol in (
                 ("padding mask", False, False, GRADE_TOL),
                 ("causal + padding mask", True, False, GRADE_TOL),
-                ("a sequence of padding only: every key masked; pass below 1e-6, as the "
-                 "finite difference at -10000 is good to ~1e-7", False, True, 1e-6)):
+                ("a sequence of padding only: every key masked (passes below 1e-6: "
+                 "at -10000 the finite difference is good to ~1e-7)", False, True, 1e-6)):
             m = Ly.additive_mask(_key_mask(s, all_masked), causal=causal, dtype=np.float64)
             a = {"scores": 2 * rng.standard_normal((s["B"], s["H"], s["T"], s["T"]))}
             cases.append(_Case(_shape_label(a, f"mask {tuple(m.shape)}, {label}"), a,
@@ -673,17 +692,17 @@ def grade(name, backward, forward=None, seed=0):
                 out_ref = np.asarray(case.run(spec.forward, fresh())[0], dtype=np.float64)
                 out_s = np.asarray(got[0], dtype=np.float64)
             except Exception as err:                                  # noqa: BLE001 (reported)
-                lines.append(f"    forward  {_problem(err, 'forward')}")
+                lines.append(f"    {'forward':<9s} {_problem(err, 'forward')}")
                 mark("forward")
                 continue
             if out_s.shape != out_ref.shape:
-                lines.append(f"    forward  output shape {out_s.shape}, the library's {out_ref.shape}  WRONG")
+                lines.append(f"    {'forward':<9s} output shape {out_s.shape}, the library's {out_ref.shape}  WRONG")
                 mark("forward")
                 continue
             err = rel_error(out_ref, out_s)
             ok = err < GRADE_TOL
             errors[(i, "forward")] = err
-            lines.append(f"    forward  relative error {err:.1e} against the library's forward  "
+            lines.append(f"    {'forward':<9s} relative error {err:.1e} against the library's forward  "
                          f"{'ok' if ok else 'WRONG'}")
             if not ok:
                 mark("forward")

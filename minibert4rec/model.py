@@ -36,7 +36,6 @@ from .layers import (additive_mask, dropout_backward, dropout_forward, embedding
                      layernorm_forward, learned_position_backward, learned_position_forward,
                      linear_backward, linear_forward, sinusoidal_position_backward,
                      sinusoidal_position_forward, sinusoidal_table, softmax_forward)
-from .threads import run_split_blas
 
 PAD = 0
 LOSS_EPS = 1e-5   # the authors' denominator: sum(weights) + 1e-5
@@ -134,7 +133,7 @@ def init_params(cfg: Config, seed=0, dtype=np.float32) -> dict:
 
 
 # ----------------------------------------------------------------------------
-# 13. The output head: gather, Dense + GELU + LayerNorm, tied logits
+# 14. The output head: gather, Dense + GELU + LayerNorm, tied logits
 # ----------------------------------------------------------------------------
 
 
@@ -183,7 +182,7 @@ def tied_logits_backward(dlogits, cache):
 
 
 # ----------------------------------------------------------------------------
-# 14. The loss: softmax cross-entropy over the whole vocabulary
+# 15. The loss: softmax cross-entropy over the whole vocabulary
 # ----------------------------------------------------------------------------
 
 
@@ -212,156 +211,23 @@ def cross_entropy_backward(dloss, cache):
     return (dlogits,)
 
 
-EXP_SAFE = 60.0   # |logit| bound below which exp() needs no max-subtraction (e^60 * V << float32 max)
-TILE_ELEMENTS = 1 << 18   # logits per tile of the fused head: 1 MB of float32, stays in the cache
-HEAD_GROUPS = 2           # the head's tiles in this many groups, one per thread (threads.run_split_blas)
+def output_loss(n, E, out_bias, targets, weights=None):
+    """The training loss of the output side and its gradients: 14 then 15, forward and backward.
 
+    n: (M, D) the head's output   E: (V, D) the item table   out_bias: (V,)
+    targets: (M,) int   weights: (M,) 1.0 = real slot, 0.0 = padding slot, or None
+    Returns (loss, dn (M, D), dE (V, D), dout_bias (V,)), the gradients for dloss = 1.
 
-def head_tiles(m, V, tile=TILE_ELEMENTS):
-    """How the fused head cuts the vocabulary for a chunk of m rows.
-
-    Returns (tiles, groups): ``tiles`` are column slices of about ``tile / m``
-    columns (a multiple of 64 when wider than 64, BLAS-aligned), so one
-    (m, width) block of logits stays in the cache; ``groups`` are HEAD_GROUPS
-    contiguous ranges of tile indices, one per thread (run_split_blas).
+    Nothing new: the two layer pairs above, run forward and then backward.
+    The (M, V) logits and probabilities are formed whole (M x V floats: 1.4 GB
+    in float32 for a large Beauty batch). ``minibert4rec.fast.fused_output_loss``
+    computes the same numbers tile by tile without them, and is tested equal.
     """
-    width = max(1, tile // m)
-    width -= width % 64 if width > 64 else 0
-    tiles = [slice(v, min(v + width, V)) for v in range(0, V, width)]
-    k = -(-len(tiles) // HEAD_GROUPS)
-    groups = [range(g, min(g + k, len(tiles))) for g in range(0, len(tiles), k)]
-    return tiles, groups
-
-
-def tied_output_loss(n, E, out_bias, targets, weights=None, chunk=1024, tile=TILE_ELEMENTS):
-    """Fused 13+14 for training: logits, loss AND their gradients, tile by tile.
-
-    n: (M, D)  E: (V, D)  out_bias: (V,)  targets: (M,)  weights: (M,) or None
-    Returns loss, dn (M, D), dE (V, D), dout_bias (V,)  (gradients for dloss = 1).
-
-    The same numbers as tied_logits_forward -> cross_entropy_forward -> their
-    backwards, but arranged so that the big (M, V) block of logits is touched
-    as few times as possible; with V = 54,546 that block, not the encoder, is
-    where a BERT4Rec step spends its time. Rows are taken ``chunk`` at a time
-    (memory: chunk x V logits at most). For a chunk of m rows, the vocabulary
-    is cut into tiles of ``width`` columns (m x width ~ ``tile`` elements,
-    small enough to stay in the cache), and for every tile:
-
-      z   = [n | 1] @ [E | b]^T          logits, bias folded into the matmul  (m, width)
-      z   = exp(z)                       in place, while the tile is in the cache
-      [zE | total] += z @ [E | 1]        one matmul adds z E and the row sums (m, D+1)
-
-    Then, once the row sums are known, with per-row a = w / (denom * total) and
-    c = w / denom (w the slot's weight), the gradient
-    dlogits = a * z - c * onehot(target) is never formed:
-
-      dn  = a * zE - c * E[target]                                          (m, D)
-      [dE | db] = z^T @ [a n | a], tile by tile, minus c [n | 1] at the target rows
-
-    so z is written once by BLAS, exponentiated in the cache and read back
-    once. The tiles fall into HEAD_GROUPS groups that two threads work through
-    side by side, one BLAS thread each (threads.run_split_blas): these skinny
-    products (one side D + 1 = 65 wide) keep two BLAS threads half idle, and
-    the exp between them would otherwise run on one core. exp() needs no
-    max-subtraction when every logit is bounded (checked per chunk; otherwise
-    a first pass computes the logits and each row's maximum). llm.c calls this
-    a fused classifier. Not thread-safe: the logits live in one module-level
-    buffer reused between calls.
-    """
-    M, D = n.shape
-    V = E.shape[0]
-    dtype = n.dtype
-    if M == 0:
-        return 0.0, np.zeros_like(n), np.zeros_like(E), np.zeros_like(out_bias)
-    if weights is None:
-        weights = np.ones(M, dtype=dtype)
-    denom = weights.sum() + LOSS_EPS
-    c_all = (weights / denom).astype(dtype)                                  # (M,)
-    Eb = np.concatenate([E, out_bias[:, None]], axis=1)                      # (V, D+1) [E | b]
-    E1 = np.concatenate([E, np.ones((V, 1), dtype)], axis=1)                 # (V, D+1) [E | 1]
-    n1 = np.concatenate([n, np.ones((M, 1), dtype)], axis=1)                 # (M, D+1) [n | 1]
-    # exp() is safe without subtracting the row max when every logit is
-    # bounded by EXP_SAFE (Cauchy-Schwarz: |n.E_j + b_j| <= |n| max|E_j| + max|b|)
-    # and the target's logit is not tiny (so the row sum cannot underflow).
-    e_max = float(np.sqrt((E * E).sum(axis=1)).max())
-    b_max = float(np.abs(out_bias).max())
-    target_logits = np.einsum("md,md->m", n1, Eb[targets])                   # (M,)
-    dn = np.empty_like(n)
-    dEb = np.empty_like(Eb)                                                  # (V, D+1) [dE | db]
-    loss = 0.0
-    for s in range(0, M, chunk):
-        rows = slice(s, min(s + chunk, M))
-        m = rows.stop - rows.start
-        n1_c, c = n1[rows], c_all[rows]
-        # The tiles fall into HEAD_GROUPS contiguous groups, each with its own
-        # partial sums; the groups run side by side on two threads (one BLAS
-        # thread each) when there are two, one after the other otherwise: the
-        # same sums, in the same order, either way.
-        tiles, groups = head_tiles(m, V, tile)
-        buf = _logits_buffer(m * V, dtype)                                   # the (m, V) logits
-        z_of = [buf[m * t.start:m * t.stop].reshape(m, t.stop - t.start) for t in tiles]
-
-        def each_tile(step):                                                 # step(g, i): group g, tile i
-            run_split_blas(lambda part: [step(g, i) for g in part for i in groups[g]],
-                           range(len(groups)))
-
-        shift = None                                                         # (m,) row maxima
-        if (np.linalg.norm(n[rows], axis=1).max() * e_max + b_max > EXP_SAFE
-                or target_logits[rows].min() < -EXP_SAFE):
-            maxima = np.full((len(groups), m), -np.inf, dtype)
-
-            def logits_and_maxima(g, i):
-                np.matmul(n1_c, Eb[tiles[i]].T, out=z_of[i])
-                np.maximum(maxima[g], z_of[i].max(axis=1), out=maxima[g])
-
-            each_tile(logits_and_maxima)
-            shift = maxima.max(axis=0)
-        partial = np.zeros((len(groups), m, D + 1), dtype)                   # [z E | row sums] per group
-
-        def exp_and_sums(g, i):
-            z = z_of[i]
-            if shift is None:
-                np.matmul(n1_c, Eb[tiles[i]].T, out=z)                       # (m, width)
-            else:
-                z -= shift[:, None]                                          # logits already there
-            np.exp(z, out=z)                                                 # unnormalised probs
-            partial[g] += z @ E1[tiles[i]]
-
-        each_tile(exp_and_sums)
-        zE1 = partial.sum(axis=0)                                            # (m, D+1)
-        total = zE1[:, D]                                                    # (m,) row sums
-        log_p_t = target_logits[rows] - np.log(total) - (0 if shift is None else shift)
-        loss -= float(np.dot(c, log_p_t))
-        a = c / total                                                        # (m,)
-        dn[rows] = a[:, None] * zE1[:, :D] - c[:, None] * E[targets[rows]]
-        na = n1_c * a[:, None]                                               # (m, D+1)
-
-        def tile_gradients(g, i):
-            t, z = tiles[i], z_of[i]
-            if s == 0:
-                np.matmul(z.T, na, out=dEb[t])                               # (width, D+1)
-            else:
-                dEb[t] += z.T @ na
-
-        each_tile(tile_gradients)
-        np.add.at(dEb, targets[rows], -(c[:, None] * n1_c))                  # the one-hot part
-    return loss, dn, dEb[:, :D].copy(), dEb[:, D].copy()
-
-
-_BUFFER = {}
-
-
-def _logits_buffer(size, dtype):
-    """A reused flat scratch block of ``size`` elements for the logits tiles.
-
-    Writing into fresh memory is slow (the operating system maps every page
-    on first touch: ~40 % of the logits matmul here), so the block is kept
-    between calls: ONE buffer per dtype, grown to the largest chunk x V seen.
-    """
-    buf = _BUFFER.get(np.dtype(dtype))
-    if buf is None or buf.size < size:
-        buf = _BUFFER[np.dtype(dtype)] = np.empty(max(size, 1), dtype=dtype)
-    return buf[:size]
+    logits, c_logits = tied_logits_forward(n, E, out_bias)            # (M, V)
+    loss, c_ce = cross_entropy_forward(logits, targets, weights)
+    (dlogits,) = cross_entropy_backward(1.0, c_ce)                      # (M, V)
+    dn, dE, dout_bias = tied_logits_backward(dlogits, c_logits)
+    return loss, dn, dE, dout_bias
 
 
 # ----------------------------------------------------------------------------
@@ -381,8 +247,19 @@ class BERT4Rec:
     layer and head as one array (L, B, H, T, T) (rows: queries, columns: keys).
     """
 
-    def __init__(self, cfg: Config, params: dict | None = None, seed=0, dtype=np.float32):
+    def __init__(self, cfg: Config, params: dict | None = None, seed=0, dtype=np.float32,
+                 output_loss=output_loss):
+        """cfg: the hyper-parameters; params: trained weights by name (None: a fresh
+        initialisation from ``seed`` in ``dtype``).
+
+        output_loss: the function that turns the head's output into the loss and
+        its gradients during training, ``output_loss(n, E, out_bias, targets,
+        weights) -> (loss, dn, dE, dout_bias)``: by default this file's plain
+        ``output_loss``; ``minibert4rec.fast`` passes its fused one, which gives
+        the same numbers faster.
+        """
         self.cfg = cfg
+        self.output_loss = output_loss
         self.params = params if params is not None else init_params(cfg, seed, dtype)
         self.dtype = self.params["item_emb"].dtype
         self.attention = None
@@ -430,12 +307,14 @@ class BERT4Rec:
             dx, grads["pos_emb"] = learned_position_backward(dx, c_pos)
         elif cfg.position == "sinusoidal":
             (dx,) = sinusoidal_position_backward(dx, c_pos)
-        # tied: the output layer's share is already in grads["item_emb"]; add this one to it
-        embedding_backward(dx, c_emb, out=grads["item_emb"])
+        # tied: the item table was used twice, as the lookup here and as the output
+        # matrix; the output's share is already in grads["item_emb"], add the lookup's
+        (d_lookup,) = embedding_backward(dx, c_emb)
+        grads["item_emb"] += d_lookup
 
     # -- training: loss and gradients --------------------------------------------------
 
-    def loss_and_grads(self, ids, sel, targets, weights=None, rng=None, train=True, chunk=1024):
+    def loss_and_grads(self, ids, sel, targets, weights=None, rng=None, train=True):
         """One training step's forward and backward.
 
         ids: (B, T) inputs with [MASK] at the chosen positions
@@ -447,8 +326,7 @@ class BERT4Rec:
         h, enc_cache = self.encode(ids, rng, train, keep_attention=False)       # (B, T, D)
         hg, c_gather = gather_rows(h, sel)                                      # (M, D)
         n, c_head = head_transform_forward(hg, p, self.cfg.gelu, self.cfg.ln_eps)
-        loss, dn, dE, dbias = tied_output_loss(n, p["item_emb"], p["out_bias"], targets,
-                                               weights, chunk)
+        loss, dn, dE, dbias = self.output_loss(n, p["item_emb"], p["out_bias"], targets, weights)
         grads = {"item_emb": dE, "out_bias": dbias}
         dhg, g = head_transform_backward(dn, c_head)
         grads.update(g)
@@ -457,7 +335,7 @@ class BERT4Rec:
         return loss, grads
 
     def loss(self, ids, sel, targets, weights=None):
-        """The loss alone, by the unfused layer pairs 13 and 14 (eval mode, for checks)."""
+        """The loss alone, by the layer pairs 14 and 15 (eval mode, for checks)."""
         h, _ = self.encode(ids, train=False, keep_attention=False)
         hg, _ = gather_rows(h, sel)
         n, _ = head_transform_forward(hg, self.params, self.cfg.gelu, self.cfg.ln_eps)
@@ -516,4 +394,4 @@ def n_parameters(params: dict) -> int:
 __all__ = ["Config", "BERT4Rec", "init_params", "gather_rows", "gather_rows_backward",
            "head_transform_forward", "head_transform_backward", "tied_logits_forward",
            "tied_logits_backward", "cross_entropy_forward", "cross_entropy_backward",
-           "tied_output_loss", "block_view", "n_parameters"]
+           "output_loss", "block_view", "n_parameters"]

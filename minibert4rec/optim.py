@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import threads
-from .layers import BLOCK_ELEMENTS
 
 
 def decays(name: str) -> bool:
@@ -72,24 +70,16 @@ class AdamWeightDecay:
         norm = clip_by_global_norm(grads, self.clip_norm)
         lr = self.current_lr()
         for k, p in params.items():
-            arrays = (p, grads[k], self.m[k], self.v[k])
-            decay = self.weight_decay if decays(k) else 0.0
-            if not all(a.flags.c_contiguous for a in (p, self.m[k], self.v[k])):
-                self._update(*arrays, lr, decay)             # (never in this package) whole
-                continue
-            # the item table has 3.5 M entries: it is updated in cache-sized
-            # blocks (see layers.blockwise), every element as in _update
-            flat = [a.reshape(-1) for a in arrays]          # views of p, m, v (contiguous)
-
-            def update_blocks(starts, flat=flat, decay=decay):
-                for s in starts:
-                    self._update(*(a[s:s + BLOCK_ELEMENTS] for a in flat), lr, decay)
-            threads.run_split(update_blocks, range(0, p.size, BLOCK_ELEMENTS))
+            self._update(p, grads[k], self.m[k], self.v[k], lr,
+                         self.weight_decay if decays(k) else 0.0)
         self.step_count += 1
         return norm
 
     def _update(self, p, g, m, v, lr, decay):
-        """AdamWeightDecay on one block of a parameter, in place (p, g, m, v: same shape)."""
+        """AdamWeightDecay on one parameter, in place (p, g, m, v: same shape).
+
+        In-place operations (``m *= b1`` rather than ``m = b1 * m``) update the
+        moments and the parameter without new arrays for them."""
         b1, b2 = self.beta1, self.beta2
         m *= b1
         m += (1 - b1) * g

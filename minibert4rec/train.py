@@ -31,9 +31,12 @@ from dataclasses import asdict, dataclass, replace
 import numpy as np
 
 from . import evaluate as ev
+from . import fast
 from .cloze import ClozeSampler
 from .data import Dataset, leave_one_out, load_dataset
 from .errors import InputError
+from .fast import KERNELS
+from .fast.threads import blas_thread_limit
 from .model import BERT4Rec, Config
 from .optim import AdamWeightDecay
 
@@ -93,7 +96,8 @@ class TrainConfig:
     n_negatives: int = 100
     eval_batch_size: int = 256
     track_test: bool = False               # also evaluate the test split every epoch (curves)
-    threads: int | None = None             # BLAS threads (None: NumPy's default); see threads.py
+    threads: int | None = None             # BLAS threads (None: NumPy's default); see fast/threads.py
+    kernels: str = "fast"                  # fast | reference: the output head's kernels (same numbers)
     holdout_validation: bool = False       # True: train on seq[:-2], never on the validation item
                                            # (the authors train on it: validation is optimistic)
     progress: bool = True
@@ -138,6 +142,8 @@ class TrainConfig:
             bad(f"threads must be >= 1 (or None: NumPy's default), got {self.threads}")
         if self.n_negatives < 1:
             bad(f"negatives must be >= 1, got {self.n_negatives}")
+        if self.kernels not in KERNELS:
+            bad(f"kernels must be fast or reference, got {self.kernels!r}")
         if self.sliding_step < 1:
             bad(f"sliding step must be >= 1, got {self.sliding_step}")
         if self.min_interactions < 3:
@@ -363,9 +369,13 @@ def validation_negatives(split, popularity, n_negatives, seed):
 
 
 def train(tcfg: TrainConfig, run_dir, resume=False, log=print):
-    """Train (or resume) a run; see _train. ``tcfg.threads`` limits BLAS threads meanwhile."""
-    from .threads import blas_thread_limit, keep_freed_memory
-    keep_freed_memory()                  # reuse freed temporaries: no page faults every step
+    """Train (or resume) a run; see _train. ``tcfg.threads`` limits BLAS threads meanwhile.
+
+    With ``tcfg.kernels == "fast"`` the fast path's process-wide settings are
+    switched on first (``minibert4rec.fast.enable``).
+    """
+    if tcfg.kernels == "fast":
+        fast.enable()
     with blas_thread_limit(tcfg.threads):
         return _train(tcfg, run_dir, resume, log)
 
@@ -389,7 +399,7 @@ def _train(tcfg: TrainConfig, run_dir, resume=False, log=print):
         if decay != old_cfg.decay_epochs:
             log(f"note: the learning-rate decay now ends at epoch {decay} (was {old_cfg.decay_epochs})")
         tcfg = replace(old_cfg, epochs=tcfg.epochs, minutes=tcfg.minutes, decay_epochs=decay,
-                       progress=tcfg.progress, threads=tcfg.threads,
+                       progress=tcfg.progress, threads=tcfg.threads, kernels=tcfg.kernels,
                        data_dir=tcfg.data_dir or old_cfg.data_dir)
         state = load_json(os.path.join(run_dir, "state.json"))
     tcfg = tcfg.resolved()
@@ -398,7 +408,8 @@ def _train(tcfg: TrainConfig, run_dir, resume=False, log=print):
     mcfg = tcfg.model_config(ds.vocab_size)
     if not resume:
         model = BERT4Rec(mcfg, seed=tcfg.seed)
-    elif model.cfg.vocab_size != ds.vocab_size:
+    model.output_loss = fast.output_loss_for(tcfg.kernels)     # the same numbers either way
+    if resume and model.cfg.vocab_size != ds.vocab_size:
         raise InputError(f"{run_dir}: the checkpoint has vocabulary {model.cfg.vocab_size}, the "
                          f"dataset {tcfg.dataset!r} now has {ds.vocab_size}: incompatible")
     train_seqs = split.valid_input if tcfg.holdout_validation else split.train

@@ -85,8 +85,28 @@ def test_component_table_covers_the_step(result):
 
 def test_every_timing_wrapper_is_removed(result):
     assert _current_functions() == ORIGINALS
-    from minibert4rec import model
-    assert not hasattr(model.tied_output_loss, "__bench_original__")
+    from minibert4rec import fast, model
+    assert not hasattr(model.output_loss, "__bench_original__")
+    assert not hasattr(fast.fused_output_loss, "__bench_original__")
+    assert fast.threads.SPLIT_THREADS == 2                  # the tricks table restores it
+
+
+def test_tricks_table_times_the_reference_path_and_each_fast_trick(result):
+    tricks = result["tricks"]
+    assert [t["trick"] for t in tricks] == [label for label, _ in bench.TRICKS]
+    assert tricks[0]["speedup"] == 1.0                       # the reference against itself
+    for t in tricks:
+        assert t["step_ms"] > 0 and t["sequences_per_s"] > 0 and t["speedup"] > 0
+    assert result["reference_sequences_per_s"] == tricks[0]["sequences_per_s"]
+    assert result["kernels"] == "fast"
+    report = bench.format_report(result)
+    assert "what each trick buys" in report and tricks[1]["trick"] in report
+
+
+def test_the_reference_kernels_can_be_benchmarked_alone():
+    r = bench.run_benchmark("tiny", steps=1, warmup=0, profile=False, inference=False, peak=False,
+                            kernels="reference", compare=False)
+    assert r["kernels"] == "reference" and "tricks" not in r
 
 
 def test_wrappers_are_removed_after_an_exception():
@@ -221,7 +241,7 @@ def test_command_prints_one_json_object(capsys):
 
 _FAULTS = """
 import resource, sys, numpy as np
-from minibert4rec import threads
+from minibert4rec.fast import threads
 if sys.argv[1] == "keep":
     assert threads.keep_freed_memory() and threads.memory_kept()
 x = np.ones(16_000_000, dtype=np.float32)                  # 64 MB: above malloc's largest mmap threshold
@@ -248,26 +268,8 @@ def test_keeping_freed_memory_removes_the_page_faults_of_repeated_temporaries():
     assert kept < 0.1 * default          # reused: already mapped
 
 
-def test_importing_minibert4rec_first_shortens_the_openblas_spin():
-    """The head's two threads need it; set only when NumPy is not loaded yet and the user chose nothing."""
-    import os
-    import subprocess
-    import sys
-    code = ("import os, sys; {first}; import minibert4rec.threads as t; "
-            "print(os.environ.get('OPENBLAS_THREAD_TIMEOUT'), t.BLAS_SPIN_IS_SHORT)")
-    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_THREAD_TIMEOUT"}
-
-    def run(first, **extra):
-        out = subprocess.run([sys.executable, "-c", code.format(first=first)], env={**env, **extra},
-                             capture_output=True, text=True, check=True)
-        return out.stdout.split()
-    assert run("pass") == ["16", "True"]
-    assert run("import numpy") == ["None", "False"]                  # too late to matter: left alone
-    assert run("pass", OPENBLAS_THREAD_TIMEOUT="28") == ["28", "False"]   # the user's choice wins
-
-
 def test_head_kernel_probe_script_times_the_four_phases():
-    """benchmarks/head_kernel_probe.py (issue 5's evidence) runs and its shares add up, at a tiny shape."""
+    """benchmarks/head_kernel_probe.py runs and its shares add up, at a tiny shape."""
     import os
     import re
     script = os.path.join(os.path.dirname(__file__), "..", "benchmarks", "head_kernel_probe.py")

@@ -1,13 +1,19 @@
-"""Process-wide speed settings: how many threads BLAS may use, a two-way split
-of element-wise work between threads (run_split), and how malloc keeps freed
-memory (keep_freed_memory).
+"""Process-wide speed settings of the fast path: how many threads BLAS may use,
+a split of work between Python threads (run_split, run_split_blas), how long
+OpenBLAS's idle threads spin, and how malloc keeps freed memory
+(keep_freed_memory).
 
-BLAS (OpenBLAS, NumPy's default) threads are changed at run time.
+None of this runs on ``import minibert4rec``: ``minibert4rec.fast.enable()``
+applies the settings when the fast path is switched on (``train``, ``bench``
+and ``demo`` with ``--kernels fast``, their default). This module imports no
+NumPy, so that ``prefer_short_blas_spin`` can still act before NumPy loads
+OpenBLAS.
 
-On 2 cores shared with other work, two BLAS threads that wait for each other
-can be several times SLOWER than one (bench measured Beauty steps of 760 ms
-with 2 threads against 389 ms with 1 on a loaded machine); on an idle machine
-2 threads win. ``train --threads N`` and ``bench --threads N`` use this.
+BLAS (OpenBLAS, NumPy's default) threads are changed at run time. On 2 cores
+shared with other work, two BLAS threads that wait for each other can be
+several times SLOWER than one (bench measured Beauty steps of 760 ms with 2
+threads against 389 ms with 1 on a loaded machine); on an idle machine 2
+threads win. ``train --threads N`` and ``bench --threads N`` use this.
 """
 from __future__ import annotations
 
@@ -17,18 +23,39 @@ import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor, wait
 
-# How many threads element-wise work may use (run_split reads it: layers.blockwise
-# and the optimizer's blocked update); blas_thread_limit sets it with BLAS's count.
-ELEMENTWISE_THREADS = 2
+# How many Python threads run_split may use; blas_thread_limit sets it with BLAS's count.
+SPLIT_THREADS = 2
 
-# Whether OpenBLAS's idle threads stop busy-waiting quickly (see minibert4rec/__init__.py):
-# only then do the head's two Python threads get both cores (run_split_blas).
+SHORT_SPIN = "16"    # OPENBLAS_THREAD_TIMEOUT: 2**16 cycles (~25 us) instead of 2**28 (~0.1 s)
+
+
 def _blas_spin_is_short() -> bool:
     value = os.environ.get("OPENBLAS_THREAD_TIMEOUT", "").strip()     # unset: OpenBLAS uses 28
     return value.isdigit() and int(value) <= 20
 
 
+# Whether OpenBLAS's idle threads stop busy-waiting quickly: only then do the
+# output head's two Python threads get both cores (run_split_blas). OpenBLAS
+# reads the variable once, when NumPy loads it.
 BLAS_SPIN_IS_SHORT = _blas_spin_is_short()
+
+
+def prefer_short_blas_spin() -> bool:
+    """Ask OpenBLAS's idle threads to stop spinning after ~25 us; returns BLAS_SPIN_IS_SHORT.
+
+    After each call OpenBLAS's worker threads busy-wait for
+    2**OPENBLAS_THREAD_TIMEOUT cycles (default 28: ~0.1 s), which takes a core
+    away from the output head's two Python threads. OpenBLAS reads the
+    variable once, when NumPy loads it: it is set here only if NumPy is not
+    loaded yet and the user has not chosen a value (``python -m minibert4rec``
+    calls this before importing NumPy when the fast kernels are in use).
+    """
+    global BLAS_SPIN_IS_SHORT
+    if "numpy" not in sys.modules and "OPENBLAS_THREAD_TIMEOUT" not in os.environ:
+        os.environ["OPENBLAS_THREAD_TIMEOUT"] = SHORT_SPIN
+        BLAS_SPIN_IS_SHORT = True
+    return BLAS_SPIN_IS_SHORT
+
 
 _POOL, _POOL_SIZE = None, 0
 _LOCAL = threading.local()          # .busy: this thread is inside run_split (no nesting)
@@ -44,7 +71,7 @@ if hasattr(os, "register_at_fork"):
 
 
 def run_split(work, items):
-    """work(part) for the items split into ELEMENTWISE_THREADS contiguous parts, in parallel.
+    """work(part) for the items split into SPLIT_THREADS contiguous parts, in parallel.
 
     The calling thread takes the first part, a worker pool the others. Returns
     when every part is done (also when one raises: the first exception is then
@@ -54,7 +81,7 @@ def run_split(work, items):
     """
     global _POOL, _POOL_SIZE
     items = list(items)
-    n = min(ELEMENTWISE_THREADS, len(items))
+    n = min(SPLIT_THREADS, len(items))
     if n < 2 or getattr(_LOCAL, "busy", False):
         work(items)
         return
@@ -127,18 +154,18 @@ def blas_thread_limit(n):
     if n and lib is None:
         raise RuntimeError("cannot set the BLAS thread count here (OpenBLAS not found); "
                            "set OPENBLAS_NUM_THREADS before starting Python instead")
-    global ELEMENTWISE_THREADS
+    global SPLIT_THREADS
     before = int(lib[0]()) if lib else None
-    before_ew = ELEMENTWISE_THREADS
+    before_ew = SPLIT_THREADS
     try:
         if lib:
             lib[1](int(n))
-            ELEMENTWISE_THREADS = int(n)
+            SPLIT_THREADS = int(n)
         yield
     finally:
         if lib:
             lib[1](before)
-        ELEMENTWISE_THREADS = before_ew
+        SPLIT_THREADS = before_ew
 
 
 def run_split_blas(work, items):
@@ -147,18 +174,18 @@ def run_split_blas(work, items):
     A skinny matrix product ((809 x 65) @ (65 x 320) in the Beauty output
     head) keeps two BLAS threads only ~35 % busy, and the element-wise work
     between such products (exp) runs on one core. Here BLAS is set to ONE
-    thread while the parts run side by side on ELEMENTWISE_THREADS Python
+    thread while the parts run side by side on SPLIT_THREADS Python
     threads (NumPy releases the GIL inside matmul and exp), then restored. Where
     the BLAS thread count cannot be set (not OpenBLAS), or inside another
     split, the parts run one after the other with BLAS as it is. So they do
-    when OpenBLAS's idle threads busy-wait long (BLAS_SPIN_IS_SHORT false:
-    NumPy was loaded before minibert4rec): a spinning BLAS thread then holds
+    when OpenBLAS's idle threads busy-wait long (BLAS_SPIN_IS_SHORT false: see
+    prefer_short_blas_spin): a spinning BLAS thread then holds
     one of the two cores, and the split Beauty step took 190 ms against 154 ms
     serial (125 ms with the short spin). As with run_split, the result must
     not depend on how the parts are shared out.
     """
     items = list(items)
-    split = BLAS_SPIN_IS_SHORT and ELEMENTWISE_THREADS > 1 and len(items) > 1
+    split = BLAS_SPIN_IS_SHORT and SPLIT_THREADS > 1 and len(items) > 1
     lib = _openblas() if split else None
     if lib is None or getattr(_LOCAL, "busy", False):
         work(items)
@@ -196,8 +223,8 @@ def keep_freed_memory() -> bool:
     a whole training step.
 
     The cost: the process keeps its peak heap (``bench`` reports the peak
-    resident memory). Process-wide and not undone (``train`` and ``bench``
-    call it). A no-op that returns False where malloc is not glibc's (macOS,
+    resident memory). Process-wide and not undone (``fast.enable()`` calls
+    it). A no-op that returns False where malloc is not glibc's (macOS,
     Windows, musl); if glibc refuses a setting, the ones already applied stay.
     """
     global _MEMORY_KEPT
