@@ -46,13 +46,13 @@ def test_the_library_backward_passes(name, seed):
 def test_the_library_forward_passes_as_a_student_forward(name):
     r = grade(name, SOLUTIONS[name], forward=_grade_specs()[name].forward, seed=3)
     assert r.passed, r.report
-    assert "forward  relative error" in r.report
+    assert "forward   relative error" in r.report
 
 
 def test_every_axis_has_its_own_size():
     for seed in range(20):
         s = _grade_sizes(np.random.default_rng(seed))
-        assert s["T"] > 1 and s["H"] > 1
+        assert s["T"] >= 3 and s["H"] > 1
         assert len({s["B"], s["T"], s["H"], s["Dh"], s["D"]}) == 5
         assert len({s["B"], s["T"], s["D"], s["Dout"]}) == 4
         assert len({s["M"], s["D"], s["V"]}) == 3
