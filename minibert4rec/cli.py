@@ -392,9 +392,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    # The fast head wants OpenBLAS's idle threads to stop spinning quickly, which
+    # OpenBLAS reads only when NumPy loads it: decide before anything imports NumPy.
+    from .fast import command_uses_fast_kernels      # (imports no NumPy)
+    if command_uses_fast_kernels(argv):
+        from .fast.threads import prefer_short_blas_spin
+        prefer_short_blas_spin()
     from .train import TrainingStopped
     ap = build_parser()
-    argv = sys.argv[1:] if argv is None else list(argv)
     args = ap.parse_args(argv)
     args.argv = argv                      # the command as typed (recorded by `figures`)
     try:
