@@ -298,7 +298,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "paper); small data sets need fewer")
     p.add_argument("--threads", type=int, help="BLAS threads (default: NumPy's); 1 is faster "
                                                "when other work shares the cores")
-    p.add_argument("--kernels", choices=("fast", "reference"), default=None,
+    p.add_argument("--kernels", choices=("fast", "reference"), default="fast",
                    help="fast (default): the fused output head and the fast path's thread and "
                         "memory settings; reference: the plain layers (same numbers, slower)")
     p.add_argument("--out", metavar="RUN_DIR", help="run directory (default runs/DATASET)")
