@@ -63,7 +63,7 @@ def test_efficiency_ceiling_from_the_head_matmuls_alone(result):
 
 def test_component_table_covers_the_step(result):
     rows = {c["component"]: c for c in result["components"]}
-    # the list: embeddings, attention (projections, scores/softmax, weighted sum),
+    # the parts of a step: embeddings, attention (projections, scores/softmax, weighted sum),
     # feed-forward, LayerNorms, output head, loss, optimizer step
     for name in (bench.EMB, bench.PROJ, bench.SCORES, bench.SOFTMAX, bench.FFN_MM, bench.FFN_GELU,
                  bench.LN, bench.HEAD, bench.LOGITS, bench.OPT_UPDATE, bench.OTHER):
