@@ -26,6 +26,11 @@ from .layers import (dropout_backward, dropout_forward, linear_backward, linear_
                      masked_softmax_backward, masked_softmax_forward)
 
 
+# ----------------------------------------------------------------------------
+# 9. Scaled dot-product attention
+# ----------------------------------------------------------------------------
+
+
 def attention_forward(q, k, v, mask=None, dropout_p=0.0, rng=None, train=True):
     """Scaled dot-product attention.
 
@@ -69,7 +74,7 @@ def attention_backward(dout, cache):
 
 
 # ----------------------------------------------------------------------------
-# Splitting the width into heads and merging them back (views, no loops)
+# 10. Multi-head attention: split the width into heads, attend, merge them back
 # ----------------------------------------------------------------------------
 
 

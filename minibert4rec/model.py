@@ -133,7 +133,7 @@ def init_params(cfg: Config, seed=0, dtype=np.float32) -> dict:
 
 
 # ----------------------------------------------------------------------------
-# 14. The output head: gather, Dense + GELU + LayerNorm, tied logits
+# 13. The output head: gather, Dense + GELU + LayerNorm, tied logits
 # ----------------------------------------------------------------------------
 
 
@@ -143,7 +143,11 @@ def gather_rows(h, sel):
 
 
 def gather_rows_backward(dout, cache):
-    """dout: (M, D) -> dh: (B, T, D), zero at the positions not gathered."""
+    """dout: (M, D) -> (dh (B, T, D),), zero at the positions not gathered.
+
+    forward: out[m] = h_flat[sel[m]], so dh_flat[sel[m]] += dout[m] (np.add.at, as
+    the embedding lookup; the indices are distinct here, so += would do too).
+    """
     shape, sel = cache
     dh = np.zeros((shape[0] * shape[1], shape[2]), dtype=dout.dtype)
     np.add.at(dh, sel, dout)
@@ -159,7 +163,11 @@ def head_transform_forward(hg, p, gelu="erf", eps=1e-12):
 
 
 def head_transform_backward(dn, cache):
-    """dn: (M, D) -> dhg (M, D), grads {head_W, head_b, head_ln_g, head_ln_b}."""
+    """dn: (M, D) -> (dhg (M, D), grads {head_W, head_b, head_ln_g, head_ln_b}).
+
+    forward: t = hg W + b -> g = GELU(t) -> n = LayerNorm(g); backwards, each
+    layer's backward turns its output's gradient into its input's.
+    """
     c1, c2, c3 = cache
     dg, dln_g, dln_b = layernorm_backward(dn, c3)
     (dt,) = gelu_backward(dg, c2)
@@ -173,8 +181,10 @@ def tied_logits_forward(n, E, out_bias):
 
 
 def tied_logits_backward(dlogits, cache):
-    """dlogits: (M, V) -> dn (M, D), dE (V, D), dout_bias (V,).
+    """dlogits: (M, V) -> (dn (M, D), dE (V, D), dout_bias (V,)).
 
+    forward: logits[m, v] = sum_d n[m, d] E[v, d] + out_bias[v]   (a linear layer with W = E^T)
+      dn = dlogits E,   dE = dlogits^T n,   dout_bias = sum over m of dlogits
     dE is only this use's share: the model adds it to the embedding lookup's.
     """
     n, E = cache
@@ -182,7 +192,7 @@ def tied_logits_backward(dlogits, cache):
 
 
 # ----------------------------------------------------------------------------
-# 15. The loss: softmax cross-entropy over the whole vocabulary
+# 14. The loss: softmax cross-entropy over the whole vocabulary
 # ----------------------------------------------------------------------------
 
 
@@ -203,7 +213,13 @@ def cross_entropy_forward(logits, targets, weights=None):
 
 
 def cross_entropy_backward(dloss, cache):
-    """dloss: scalar -> dlogits (M, V) = (softmax - onehot(target)) * w / denom * dloss."""
+    """dloss: scalar -> (dlogits (M, V),) = (softmax - onehot(target)) * w / denom * dloss.
+
+    forward: loss = sum_m w_m * nll_m / denom,  nll_m = -log p_m[t_m] = -z_m[t_m] + log sum_v exp z_m[v]
+      d nll_m / d z_m[v] = p_m[v] - [v == t_m]      (the log-sum-exp gives softmax; the
+                                                     target's own logit gives the one-hot)
+    and each row is scaled by w_m / denom: padding slots (w = 0) send no gradient.
+    """
     probs, targets, weights, denom = cache
     dlogits = probs.copy()
     dlogits[np.arange(len(targets)), targets] -= 1.0
@@ -212,7 +228,7 @@ def cross_entropy_backward(dloss, cache):
 
 
 def output_loss(n, E, out_bias, targets, weights=None):
-    """The training loss of the output side and its gradients: 14 then 15, forward and backward.
+    """The training loss of the output side and its gradients: 13's logits and 14, forward and backward.
 
     n: (M, D) the head's output   E: (V, D) the item table   out_bias: (V,)
     targets: (M,) int   weights: (M,) 1.0 = real slot, 0.0 = padding slot, or None
@@ -335,7 +351,7 @@ class BERT4Rec:
         return loss, grads
 
     def loss(self, ids, sel, targets, weights=None):
-        """The loss alone, by the layer pairs 14 and 15 (eval mode, for checks)."""
+        """The loss alone, by the layer pairs 13 and 14 (eval mode, for checks)."""
         h, _ = self.encode(ids, train=False, keep_attention=False)
         hg, _ = gather_rows(h, sel)
         n, _ = head_transform_forward(hg, self.params, self.cfg.gelu, self.cfg.ln_eps)
