@@ -65,22 +65,40 @@ def _train_config(args):
     return TrainConfig(**kw)
 
 
+# What `train --resume` takes (besides --resume and an equal --out); every other option
+# belongs to the run's config.json and changing it would not continue the same run.
+RESUME_OPTIONS = ("epochs", "minutes", "threads", "kernels", "data_dir", "no_progress")
+
+
+def _check_resume_options(args) -> None:
+    """Refuse the options a resume cannot take, naming them (argparse defaults = not given)."""
+    given = [a for a in args.parser._actions
+             if a.dest not in RESUME_OPTIONS + ("resume", "out", "help")
+             and getattr(args, a.dest, a.default) != a.default]
+    if given:
+        names = ", ".join(a.option_strings[0] for a in given)
+        takes = ", ".join("--" + o.replace("_", "-") for o in RESUME_OPTIONS)
+        raise InputError(f"--resume continues {args.resume} with the settings in its config.json; "
+                         f"it takes only {takes}: {names} cannot change (start a new run with "
+                         f"--out NEW_DIR for other settings)")
+
+
 def cmd_train(args) -> int:
     from .train import popularity_metrics, train, dataset_of
     run_dir = args.resume or args.out
     if args.resume and args.out and args.out != args.resume:
         raise InputError("give either --out RUN_DIR or --resume RUN_DIR, not both")
+    if args.resume:
+        _check_resume_options(args)
     if not run_dir:
-        run_dir = f"runs/{os.path.basename(str(args.dataset)).split('.')[0]}"
+        run_dir = f"runs/{os.path.basename(str(args.dataset or 'synthetic')).split('.')[0]}"
     tcfg = _train_config(args)
-    metrics = train(tcfg, run_dir, resume=bool(args.resume))
+    metrics = train(tcfg, run_dir, resume=bool(args.resume), overwrite=args.overwrite)
     if metrics is None:                       # Ctrl-C: checkpoint saved, nothing to report
-        return 0
+        return 130
     if args.resume:                           # the run's own settings, as training used them
-        from dataclasses import replace
-        from .train import load_json, saved_train_config
-        saved = saved_train_config(load_json(os.path.join(run_dir, "config.json")))
-        tcfg = replace(saved, data_dir=args.data_dir or saved.data_dir)
+        from .train import read_run_config
+        _, tcfg, _ = read_run_config(run_dir)
     ds = dataset_of(tcfg.resolved())
     label = "BERT4Rec (this run)" if tcfg.attention == "bidirectional" else "causal (this run)"
     rows = {label: metrics, "popularity baseline": popularity_metrics(ds, seed=tcfg.seed,
@@ -91,11 +109,12 @@ def cmd_train(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
-    from .train import dataset_of, load_run, popularity_metrics, test_metrics
+    from .train import check_same_data, dataset_of, load_run, popularity_metrics, test_metrics
     model, tcfg, _ = load_run(args.run)
     if args.data_dir:
         tcfg.data_dir = args.data_dir
     ds = dataset_of(tcfg)
+    check_same_data(model, ds, args.run)
     seed = tcfg.seed if args.negatives_seed is None else args.negatives_seed
     if args.save and seed != tcfg.seed:
         raise InputError("--save keeps metrics.json comparable with the run's own: it cannot be "
@@ -103,10 +122,13 @@ def cmd_evaluate(args) -> int:
     metrics = test_metrics(model, ds, protocol=args.protocol, seed=seed, progress=not args.json,
                            n_negatives=tcfg.n_negatives)
     if args.save:                             # one protocol updates its block, keeps the other
-        from .train import load_json, save_json
-        path = os.path.join(args.run, "metrics.json")
-        saved = load_json(path) if os.path.exists(path) else {}
-        save_json(path, {**saved, **metrics})
+        from .runs import METRICS, RunFolder, read_json
+        with RunFolder.open(args.run, what="save metrics into") as folder:   # one writer
+            path = folder.file(METRICS)
+            saved = read_json(path) if os.path.exists(path) else {}
+            if not isinstance(saved, dict):
+                raise InputError(f"{path}: expected an object {{...}} of metrics")
+            folder.write_json(METRICS, {**saved, **metrics})
     pop = popularity_metrics(ds, protocol=args.protocol, seed=seed, n_negatives=tcfg.n_negatives)
     if args.json:                             # the run's {sampled, full} + the baseline's
         print(json.dumps({**metrics, "popularity": pop}, indent=1))
@@ -120,8 +142,7 @@ def cmd_recommend(args) -> int:
     from .train import load_run
     model, tcfg, _ = load_run(args.run)
     items_path = os.path.join(args.run, "items.txt")
-    with open(items_path) as f:
-        raw = [line.rstrip("\n") for line in f]
+    raw = _read_items(items_path, model.cfg.vocab_size - 2)
     index = {r: i + 1 for i, r in enumerate(raw)}
     unknown = [x for x in args.items if x not in index]
     if unknown:
@@ -144,20 +165,48 @@ def cmd_recommend(args) -> int:
     return 0
 
 
+def _read_items(path, n_items) -> list[str]:
+    """The lines of a run's items.txt (item i's original id on line i), checked."""
+    try:
+        with open(path, "rb") as f:
+            text = f.read().decode("utf-8")
+    except FileNotFoundError:
+        raise FileNotFoundError(2, "file not found (the run's item ids)", path) from None
+    except UnicodeDecodeError as e:
+        raise InputError(f"{path}: not a UTF-8 text file ({e.reason} at byte {e.start})") from None
+    except OSError as e:
+        raise InputError(f"{path}: cannot read: {e.strerror or e}") from None
+    raw = text.split("\n")[:-1] if text.endswith("\n") else text.split("\n")
+    if len(raw) != n_items:
+        raise InputError(f"{path}: lists {len(raw)} items, the model knows {n_items}: the file "
+                         f"does not belong to this run")
+    return raw
+
+
 def _attention_of_run(run_dir, k, data_dir=None):
     """(L, H, k, k) average attention of a run's best model over its test users."""
     from .analysis import collect_attention
     from .data import leave_one_out
-    from .train import dataset_of, load_run
+    from .train import check_same_data, dataset_of, load_run
     model, tcfg, _ = load_run(run_dir)
+    if k > model.cfg.max_len:
+        raise InputError(f"--last {k} is longer than the model's sequences: {run_dir} has "
+                         f"max_len N={model.cfg.max_len}; give --last {model.cfg.max_len} or less")
     if data_dir:
         tcfg.data_dir = data_dir
-    split = leave_one_out(dataset_of(tcfg))
-    return collect_attention(model, split.test_input, k=k), model.cfg
+    ds = dataset_of(tcfg)
+    check_same_data(model, ds, run_dir)
+    split = leave_one_out(ds)
+    try:
+        return collect_attention(model, split.test_input, k=k), model.cfg
+    except ValueError as e:                   # no history is long enough for the window
+        raise InputError(f"{run_dir}: --last {k}: {e}") from None
 
 
 def cmd_attention(args) -> int:
-    from .analysis import attention_stats, write_attention_report
+    from .analysis import attention_stats, describe_skill, skill_of_run, write_attention_report
+    if args.user is not None:
+        return _user_attention(args)
     out = args.out or os.path.join(args.run, "attention")
     avg, cfg = _attention_of_run(args.run, args.last, args.data_dir)
     causal_stats = None
@@ -170,16 +219,58 @@ def cmd_attention(args) -> int:
         write_attention_report(avg_c, out, name="figure2_causal",
                                stats_file="attention_stats_causal.json",
                                title=f"Causal (left-to-right) model: last {args.last} positions")
-    png, js = write_attention_report(avg, out, stats_causal=causal_stats)
+    skill = skill_of_run(args.run, args.data_dir)     # verdicts only if the model beat popularity
+    png, js = write_attention_report(avg, out, stats_causal=causal_stats, skill=skill)
+    print(describe_skill(skill) + "\n")
     _print_observations(json.loads(open(js).read())["observations"])
     print(f"\nwrote {png} and {js}")
     return 0
 
 
 def _print_observations(obs: dict):
+    """One line per claim: the verdict (agrees / does not agree / not trained enough) and its rule."""
     for key, o in obs.items():
-        verdict = {True: "holds", False: "does not hold", None: "n/a"}[o.get("holds")]
-        print(f"{key:40s} {verdict:14s} {o.get('rule', '')}")
+        print(f"{key:40s} {o['verdict']:33s} {o.get('rule', '')}")
+
+
+def _user_attention(args) -> int:
+    """attention --user ID: one user's map over the last positions, labelled with item titles."""
+    import re
+
+    from .analysis import mask_row_summary, sequence_attention, write_user_attention
+    from .data import item_labels, item_titles, item_titles_file, leave_one_out
+    from .train import check_same_data, dataset_of, load_run
+    if args.causal_run:
+        raise InputError("--user draws one run's map; --causal-run belongs to the average over "
+                         "all users (without --user)")
+    model, tcfg, _ = load_run(args.run)
+    if args.data_dir:
+        tcfg.data_dir = args.data_dir
+    ds = dataset_of(tcfg)
+    check_same_data(model, ds, args.run)
+    users = {u: i for i, u in enumerate(ds.raw_user_ids.tolist())}
+    if args.user not in users:
+        raise InputError(f"unknown user {args.user!r}: the data set of {args.run} ({ds.name}) has "
+                         f"{len(users)} users, e.g. {', '.join(list(users)[:5])}")
+    history = leave_one_out(ds).test_input[users[args.user]]      # every item but the test item
+    source = item_titles_file(tcfg.dataset, tcfg.data_dir)
+    labels = item_labels(ds, item_titles(tcfg.dataset, tcfg.data_dir))
+    out = args.out or os.path.join(args.run, "attention")
+    path = os.path.join(out, f"user_{re.sub(r'[^A-Za-z0-9_.-]', '_', args.user)}.png")
+    (A, ids), = sequence_attention(model, [history], k=args.last)
+    import matplotlib.pyplot as plt
+    plt.close(write_user_attention(
+        model, history, labels, path, k=args.last,
+        title=f"User {args.user}: attention over the last {len(ids)} positions of the test input"))
+    print(f"user {args.user}: {len(history)} items before the test item; the map's positions "
+          f"(queries = rows, keys = columns):")
+    for pos, i in enumerate(ids.tolist()):
+        print(f"  {pos:2d}  {labels[i]}")
+    print("\nwhere the [MASK] query (the prediction) looks, per layer and head:")
+    print("\n".join("  " + line for line in mask_row_summary(A, ids, labels)))
+    print(f"\nwrote {path} (labels: " + (f"titles from {source})" if source else
+                                          "raw item ids: no item file beside the data)"))
+    return 0
 
 
 # The demo's settings: small batches give enough steps on 2,000 users; lr 1e-3 (3e-3 stalls
@@ -190,7 +281,7 @@ DEMO = dict(dataset="synthetic", epochs=12, hidden=64, layers=2, heads=2, lr=1e-
 
 
 def cmd_demo(args) -> int:
-    from .analysis import collect_attention, write_attention_report
+    from .analysis import collect_attention, learned_enough, write_attention_report
     from .data import leave_one_out
     from .plotting import plot_training_curve
     from .train import TrainConfig, dataset_of, load_json, load_run, popularity_metrics, train
@@ -199,14 +290,15 @@ def cmd_demo(args) -> int:
     out = args.out or run_dir
     print("Training a small BERT4Rec on the embedded synthetic data (items follow hidden "
           "chains; see minibert4rec.data.synthetic) ...")
-    metrics = train(tcfg, run_dir)
+    metrics = train(tcfg, run_dir, overwrite=True)   # the demo's own folder: a new demo each time
     if metrics is None:
-        return 0
+        return 130
     ds = dataset_of(tcfg.resolved())
-    _print_metrics_table({"BERT4Rec": metrics, "popularity baseline": popularity_metrics(ds, seed=args.seed)})
+    pop = popularity_metrics(ds, seed=args.seed)
+    _print_metrics_table({"BERT4Rec": metrics, "popularity baseline": pop})
     model, _, _ = load_run(run_dir)
     avg = collect_attention(model, leave_one_out(ds).test_input, k=10)
-    png, js = write_attention_report(avg, out, name="attention",
+    png, js = write_attention_report(avg, out, name="attention", skill=learned_enough(metrics, pop),
                                      title="Demo: average attention, last 10 positions (9 = [MASK])")
     history = load_json(os.path.join(run_dir, "state.json"))["history"]
     import matplotlib.pyplot as plt
@@ -257,7 +349,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train BERT4Rec on a dataset",
                        description="Train BERT4Rec with the cloze task; writes RUN_DIR with the "
                                    "checkpoint, config.json and metrics.json (test split).")
-    p.add_argument("--dataset", default="synthetic",
+    p.add_argument("--dataset", default=None,
                    help="synthetic | beauty | ml-1m | ml-100k | PATH to a data file (default synthetic)")
     p.add_argument("--data-dir", help="where datasets live (default: $MINIBERT4REC_DATA, "
                                       "else a per-user cache directory)")
@@ -302,9 +394,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="fast (default): the fused output head and the fast path's thread and "
                         "memory settings; reference: the plain layers (same numbers, slower)")
     p.add_argument("--out", metavar="RUN_DIR", help="run directory (default runs/DATASET)")
-    p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR")
+    p.add_argument("--resume", metavar="RUN_DIR",
+                   help="continue the run in RUN_DIR from its last checkpoint, with its own "
+                        "settings; takes only --epochs (default: the run's), --minutes, "
+                        "--threads, --kernels, --data-dir, --no-progress")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the run already in --out (without it, a used folder is refused)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.set_defaults(func=cmd_train)
+    p.set_defaults(func=cmd_train, parser=p)
 
     p = sub.add_parser("evaluate", help="test metrics of a trained run",
                        description="Evaluate a run's best weights on the test split.")
@@ -332,13 +429,20 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("attention", help="the paper's Figure 2 for a trained run",
                        description="Average attention over the test users' last positions, "
                                    "per layer and head (PNG), and the paper's four observations "
-                                   "measured (attention_stats.json).")
+                                   "measured (attention_stats.json); they are judged only if the "
+                                   "model beats the popularity baseline (minibert4rec.analysis."
+                                   "learned_enough), else 'model not trained enough to judge'. "
+                                   "With --user: one user's map instead, labelled with item "
+                                   "titles when the data has an item file (e.g. ml-100k.item).")
     p.add_argument("--run", required=True, metavar="RUN_DIR")
     p.add_argument("--out", metavar="DIR", help="output folder (default RUN_DIR/attention)")
     p.add_argument("--last", type=int_at_least(2), default=10, help="window of last positions (default 10)")
     p.add_argument("--causal-run", metavar="RUN_DIR",
                    help="a causal model trained the same way, for observation (d)")
     p.add_argument("--data-dir", help="where the run's dataset lives")
+    p.add_argument("--user", metavar="ID",
+                   help="draw this user's own map (original user id), every layer and head, "
+                        "ticks = item titles; writes OUT/user_ID.png")
     p.set_defaults(func=cmd_attention)
 
     p = sub.add_parser("demo", help="train on the embedded synthetic data, no download",
@@ -420,3 +524,15 @@ def main(argv=None) -> int:
     except BrokenPipeError:          # e.g. `... | head`: the reader left, nothing to report
         sys.stderr.close()
         return 0
+    except OSError as e:             # an output path that is a file, a read-only folder, ...
+        if args.debug:
+            raise
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"error: {where}{e.strerror or e}", file=sys.stderr)
+        return 2
+    except MemoryError:
+        if args.debug:
+            raise
+        print("error: out of memory: choose a smaller model, batch (--batch-size) or data set",
+              file=sys.stderr)
+        return 2

@@ -251,6 +251,8 @@ def _read_lines(path) -> list[str]:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as e:
         raise at(path, None, f"not a UTF-8 text file ({e.reason} at byte {e.start})") from None
+    except OSError as e:                      # no read permission, a special file, ...
+        raise at(path, None, f"cannot read the data file ({e.strerror or e})") from None
     return text.splitlines()
 
 
@@ -309,18 +311,38 @@ def _field_count_message(line, sep, n_fields, found) -> str:
 
 
 def _parse_numbers(path, column, line_numbers, dtype, what) -> np.ndarray:
-    """Convert a column of strings to numbers; on failure report the first bad line."""
+    """Convert a column of strings to numbers; on failure report the first bad line.
+
+    Integers must fit in int64; floats must be finite (a ``nan`` timestamp would
+    sort last and silently make its item the user's test item).
+    """
     try:
-        return np.array(column, dtype=dtype)
+        values = np.array(column, dtype=dtype)
     except (ValueError, OverflowError):
         convert = int if dtype == np.int64 else float
         for value, line in zip(column, line_numbers.tolist()):
             try:
-                convert(value)
+                number = convert(value)
             except (ValueError, OverflowError):
                 raise at(path, line, f"{what} {value.strip()!r} is not a valid "
                                      f"{'integer' if convert is int else 'number'}") from None
+            if convert is int and not -2**63 <= number < 2**63:
+                raise at(path, line, f"{what} {value.strip()} is too large (ids must lie "
+                                     f"below 2^63)") from None
         raise  # not reached: some value failed above
+    if dtype != np.int64:
+        bad = np.flatnonzero(~np.isfinite(values))
+        if bad.size:
+            raise at(path, int(line_numbers[bad[0]]), f"{what} {column[bad[0]].strip()!r} is not "
+                                                      f"a finite number")
+    return values
+
+
+def _check_not_empty(path, column, line_numbers, what) -> None:
+    """An empty field (``1::::5::10``, ``1,,10``) is an error, not an id."""
+    for value, line in zip(column, line_numbers.tolist()):
+        if not value.strip():
+            raise at(path, line, f"empty {what}")
 
 
 def _check_non_negative(path, values, line_numbers, what) -> None:
@@ -358,6 +380,8 @@ def load_movielens(path) -> Dataset:
     lines = _read_lines(path)
     sep = _movielens_separator(path, lines)
     (users, items, _, times), numbers = _split_rows(path, lines, sep, 4)
+    _check_not_empty(path, users, numbers, "user id")
+    _check_not_empty(path, items, numbers, "item id")
     timestamps = _parse_numbers(path, times, numbers, np.float64, "timestamp")
     return from_interactions(path.name, users, items, timestamps)
 
@@ -417,6 +441,8 @@ def load_table(path, delimiter=None) -> Dataset:
     columns, numbers = _split_rows(path, lines[first + 1:], sep, len(names), first_line=first + 2)
     users = [u.strip() for u in columns[user_col]]
     items = [i.strip() for i in columns[item_col]]
+    _check_not_empty(path, users, numbers, "user id")
+    _check_not_empty(path, items, numbers, "item id")
     timestamps = None
     if time_col is not None:
         timestamps = _parse_numbers(path, columns[time_col], numbers, np.float64, "timestamp")
@@ -439,8 +465,11 @@ def load_file(path) -> Dataset:
     path = pathlib.Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: data file not found")
-    with open(path, encoding="utf-8", errors="replace") as f:
-        first = next((line for line in f if line.strip()), "")
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            first = next((line for line in f if line.strip()), "")
+    except OSError as e:                      # no read permission, ...
+        raise at(path, None, f"cannot read the data file ({e.strerror or e})") from None
     if path.name == "u.data" or path.name == "ratings.dat" or "::" in first:
         return load_movielens(path)
     names = {_column_name(f) for f in first.replace(",", "\t").replace(";", "\t").split()}

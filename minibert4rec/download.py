@@ -17,7 +17,12 @@ Safety, step by step:
    (network, disk, Ctrl-C) the temporary file is deleted;
 3. only then ``os.replace`` it to its final name, an atomic rename: a file under
    the final name is always complete and verified;
-4. zips are extracted into a temporary directory that is renamed at the end.
+4. zips are extracted into a temporary directory that is renamed at the end;
+5. files get the mode a plain ``open`` would give them (0644 under the usual
+   umask), not the private 0600 of a temporary file;
+6. a temporary file or folder that a killed download left behind (``kill -9``
+   gives no chance to clean up) is removed by the next download; one that
+   another download is still writing is locked by it and left alone.
 
 A file already present with the right checksum is not downloaded again.
 """
@@ -34,6 +39,7 @@ import zipfile
 
 from tqdm import tqdm
 
+from . import files
 from .data import resolve_data_dir
 from .errors import InputError
 
@@ -88,7 +94,10 @@ def download(name: str, data_dir=None, url: str | None = None, sha256: str | Non
     url = url or spec["url"]
     expected = (sha256 or spec["sha256"]).lower()
     root = resolve_data_dir(data_dir)
-    root.mkdir(parents=True, exist_ok=True)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise files.cannot_write(root, e) from None
 
     target = root / spec["filename"]
     if target.is_file() and sha256_of(target) == expected:
@@ -109,17 +118,47 @@ def sha256_of(path) -> str:
     return digest.hexdigest()
 
 
+def _locked_temp(folder: pathlib.Path, prefix: str, directory=False):
+    """A new temporary file (or folder) in ``folder``, locked against leftover cleaners.
+
+    Leftovers of killed writers (same prefix, unlocked) are removed first.
+    Returns (path, fd): the lock lasts until fd is closed.
+    """
+    files.remove_leftovers(folder, prefix + "*")
+    try:
+        while True:
+            if directory:
+                name = tempfile.mkdtemp(dir=folder, prefix=prefix)
+                fd = os.open(name, os.O_RDONLY)
+            else:
+                fd, name = tempfile.mkstemp(dir=folder, prefix=prefix)
+            if files.fcntl is not None:
+                files.fcntl.flock(fd, files.fcntl.LOCK_EX)
+            try:
+                if os.path.samestat(os.fstat(fd), os.stat(name)):
+                    return pathlib.Path(name), fd      # (not removed by a cleaner meanwhile)
+            except FileNotFoundError:
+                pass
+            os.close(fd)
+    except OSError as e:
+        raise files.cannot_write(folder, e) from None
+
+
 def fetch(url: str, target: pathlib.Path, expected_sha256: str, progress: bool = True) -> None:
     """Stream ``url`` to a temp file next to ``target``, verify, rename atomically."""
     target = pathlib.Path(target)
-    fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=target.name + ".part-")
-    tmp = pathlib.Path(tmp_name)
+    tmp, fd = _locked_temp(target.parent, target.name + ".part-")
     try:
-        with os.fdopen(fd, "wb") as out:
+        with os.fdopen(os.dup(fd), "wb") as out:
             got = _stream(url, out, progress, desc=target.name)
+            out.flush()
+            os.fsync(out.fileno())
         if got != expected_sha256:
             raise InputError(f"{url}: checksum mismatch: expected sha256 {expected_sha256}, got {got}")
+        os.chmod(tmp, files.default_file_mode())             # not mkstemp's private 0600
+        files.event("write", tmp)
         os.replace(tmp, target)
+        files.event("rename", target)
     except (urllib.error.URLError, OSError, ValueError) as e:
         tmp.unlink(missing_ok=True)
         if isinstance(e, InputError):
@@ -128,6 +167,8 @@ def fetch(url: str, target: pathlib.Path, expected_sha256: str, progress: bool =
     except BaseException:        # KeyboardInterrupt and anything unexpected: clean up, re-raise
         tmp.unlink(missing_ok=True)
         raise
+    finally:
+        os.close(fd)
 
 
 def _stream(url: str, out, progress: bool, desc: str) -> str:
@@ -159,7 +200,7 @@ def unpack_zip(archive: pathlib.Path, destination: pathlib.Path, top: str) -> No
     """
     if destination.is_dir():
         return
-    staging = pathlib.Path(tempfile.mkdtemp(dir=destination.parent, prefix=destination.name + ".unpack-"))
+    staging, fd = _locked_temp(destination.parent, destination.name + ".unpack-", directory=True)
     try:
         with zipfile.ZipFile(archive) as zf:
             for member in zf.namelist():
@@ -167,8 +208,13 @@ def unpack_zip(archive: pathlib.Path, destination: pathlib.Path, top: str) -> No
                     raise InputError(f"{archive}: unsafe path {member!r} in zip")
             zf.extractall(staging)
         source = staging / top if (staging / top).is_dir() else staging
+        os.chmod(source, files.default_file_mode(folder=True))   # not mkdtemp's private 0700
         os.replace(source, destination)
+        files.event("rename", destination)
     except zipfile.BadZipFile as e:
         raise InputError(f"{archive}: not a valid zip file ({e})") from e
+    except OSError as e:
+        raise files.cannot_write(destination, e) from None
     finally:
+        os.close(fd)
         shutil.rmtree(staging, ignore_errors=True)

@@ -33,6 +33,11 @@ Rank, counted from 0 (0 = the target scored highest). With ties resolved at rand
 
 A constant scorer therefore gets chance-level metrics (HR@10 = 10/101 in the sampled protocol),
 instead of a perfect score (ties counted in the target's favour) or zero (counted against it).
+
+Non-finite scores (nan, +-inf: a diverged model) never rank: a candidate with one never counts
+above the target, and a target with one ranks last among its candidates (a miss). Compared as
+they are, a NaN target would beat every candidate (every ``>`` with NaN is False): a broken
+model would score perfectly.
 The authors' run.py breaks ties by ``argsort`` order instead; with a trained model's float scores
 ties are rare, so this only matters for degenerate scorers such as popularity counts.
 
@@ -105,6 +110,31 @@ def _rank_with_ties(n_greater: np.ndarray, n_ties: np.ndarray, rng: np.random.Ge
     return n_greater.astype(np.int64) + rng.integers(0, n_ties.astype(np.int64) + 1)
 
 
+def _above_and_tied(s_target: np.ndarray, s_cand: np.ndarray, candidate: np.ndarray | None = None):
+    """How many candidates score above the target, and how many the same; non-finite never rank.
+
+    Args:
+        s_target:  (B,) the target's scores.
+        s_cand:    (B, C) the candidates' scores (the target itself excluded, or masked out).
+        candidate: optional (B, C) bool, which columns count.
+    Returns:
+        n_greater, n_ties: (B,) int. A non-finite candidate counts neither above nor tied; a
+        non-finite target gets every counted candidate above it (ranks last).
+    """
+    counted = np.isfinite(s_cand)
+    if candidate is not None:
+        counted &= candidate
+    t = s_target[:, None]
+    n_greater = ((s_cand > t) & counted).sum(axis=1)
+    n_ties = ((s_cand == t) & counted).sum(axis=1)
+    broken = ~np.isfinite(s_target)
+    if broken.any():
+        total = (candidate if candidate is not None else np.ones(s_cand.shape, bool)).sum(axis=1)
+        n_greater = np.where(broken, total, n_greater)
+        n_ties = np.where(broken, 0, n_ties)
+    return n_greater, n_ties
+
+
 def _check_scores(scores: np.ndarray, targets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Validate a (B, V) score matrix against (B,) targets in 1..V-2; return both as arrays."""
     scores = np.asarray(scores)
@@ -114,8 +144,6 @@ def _check_scores(scores: np.ndarray, targets: np.ndarray) -> tuple[np.ndarray, 
     n_items = scores.shape[1] - 2
     if targets.size and (targets.min() < 1 or targets.max() > n_items):
         raise InputError(f"target ids must lie in 1..{n_items} (0 is padding, {n_items + 1} is [MASK])")
-    if np.isnan(scores).any():
-        raise InputError("scores contain NaN")
     return scores, targets.astype(np.int64)
 
 
@@ -138,8 +166,7 @@ def ranks_sampled(scores: np.ndarray, targets: np.ndarray, negatives: np.ndarray
     rows = np.arange(targets.shape[0])
     s_target = scores[rows, targets]                                   # (B,)
     s_neg = np.take_along_axis(scores, negatives.astype(np.int64), 1)  # (B, N)
-    n_greater = (s_neg > s_target[:, None]).sum(axis=1)                # (B,)
-    n_ties = (s_neg == s_target[:, None]).sum(axis=1)                  # (B,)
+    n_greater, n_ties = _above_and_tied(s_target, s_neg)                # (B,), (B,)
     return _rank_with_ties(n_greater, n_ties, rng)
 
 
@@ -179,9 +206,10 @@ def ranks_full(scores: np.ndarray, targets: np.ndarray, histories: Sequence[np.n
     if len(histories) != targets.shape[0]:
         raise InputError(f"got {len(histories)} histories for {targets.shape[0]} targets")
     candidate = ~_exclusion_mask(histories, targets, scores.shape[1])  # (B, V)
-    s_target = scores[np.arange(targets.shape[0]), targets][:, None]   # (B, 1)
-    n_greater = ((scores > s_target) & candidate).sum(axis=1)          # (B,)
-    n_ties = ((scores == s_target) & candidate).sum(axis=1) - 1        # (B,) minus the target
+    rows = np.arange(targets.shape[0])
+    candidate[rows, targets] = False                                   # the others only
+    s_target = scores[rows, targets]                                   # (B,)
+    n_greater, n_ties = _above_and_tied(s_target, scores, candidate)    # (B,), (B,)
     return _rank_with_ties(n_greater, n_ties, rng)
 
 
@@ -396,8 +424,7 @@ def evaluate(score_fn: ScoreFn, histories: list[np.ndarray], targets: np.ndarray
                 sc = np.asarray(candidate_fn(batch, cand))                            # (B, 1+N)
                 if sc.shape != cand.shape:
                     raise InputError(f"candidate_fn returned shape {sc.shape}, expected {cand.shape}")
-                n_greater = (sc[:, 1:] > sc[:, :1]).sum(axis=1)
-                n_ties = (sc[:, 1:] == sc[:, :1]).sum(axis=1)
+                n_greater, n_ties = _above_and_tied(sc[:, 0], sc[:, 1:])
                 ranks["sampled"].append(_rank_with_ties(n_greater, n_ties, rngs["sampled"]))
                 bar.update(stop - start)
                 continue

@@ -2,17 +2,24 @@
 
 One call does everything:  ``train(TrainConfig(dataset="beauty"), run_dir="runs/beauty")``.
 
-A run directory holds
-    config.json      format version, model and training settings, dataset
-    weights.npz      the best weights so far (by validation NDCG@10, sampled protocol)
-    last.npz         the weights at the last save (for resuming)
-    optimizer.npz    AdamWeightDecay's moments at the last save
-    state.json       epoch, step, batch within the epoch, random generator states,
-                     best validation score, the per-epoch history
+A run directory holds (runs.py: the writer, the checks on reading back)
+    config.json      format version, model and training settings, dataset (written first)
     items.txt        line i = the original id of item i (for `recommend`)
+    checkpoint.npz   THE checkpoint, one file: weights, best weights, AdamWeightDecay's
+                     moments and the state (epoch, step, batch within the epoch, random
+                     generator states, best validation score, the per-epoch history)
+    weights.npz      copy of the best weights so far (by validation NDCG@10, sampled protocol)
+    state.json       copy of the state (the per-epoch history)
     metrics.json     test metrics of the best weights: {"sampled": {...}, "full": {...}}
-Every file is written to a temporary name and renamed into place, so a crash
-or Ctrl-C while saving never destroys the previous checkpoint.
+The checkpoint is replaced by one rename, so after a crash, a kill or Ctrl-C at
+any moment ``--resume`` continues from the last complete checkpoint (from the
+start if there is none yet) and ends with the same weights as an uninterrupted
+run. One process writes a folder at a time (a lock); a new run never mixes its
+files with an old run's (a used folder needs ``overwrite``).
+
+Non-finite values are never kept: a non-finite loss or gradient stops training
+(TrainingStopped, naming the checkpoint that is kept), weights are checked
+before every save, and a non-finite validation score is never an improvement.
 
 Exact resume: the data generator (masks, shuffling) is saved as its state at
 the START of the epoch together with the number of batches already done, and
@@ -23,6 +30,7 @@ epochs in one go or E1 then resuming to E gives bit-identical weights.
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import time
@@ -31,6 +39,7 @@ from dataclasses import asdict, dataclass, replace
 import numpy as np
 
 from . import evaluate as ev
+from . import runs
 from . import fast
 from .cloze import ClozeSampler
 from .data import Dataset, leave_one_out, load_dataset
@@ -123,12 +132,21 @@ class TrainConfig:
             bad(f"epochs must be >= 1, got {self.epochs}")
         if self.decay_epochs is not None and self.decay_epochs < 1:
             bad(f"decay epochs must be >= 1, got {self.decay_epochs}")
-        if self.minutes is not None and self.minutes <= 0:
+        if self.minutes is not None and not self.minutes > 0:      # (nan is not > 0)
             bad(f"minutes must be > 0, got {self.minutes}")
-        if not self.lr > 0:
-            bad(f"lr must be > 0, got {self.lr}")
+        if not 0 < self.lr < math.inf:
+            bad(f"lr must be > 0 and finite, got {self.lr}")
+        if not 0 <= self.weight_decay < math.inf:
+            bad(f"weight decay must be >= 0 and finite, got {self.weight_decay}")
+        if not 0 < self.clip_norm < math.inf:
+            bad(f"clip norm must be > 0 and finite, got {self.clip_norm}")
         if self.batch_size < 1:
             bad(f"batch size must be >= 1, got {self.batch_size}")
+        if self.eval_batch_size < 1:
+            bad(f"evaluation batch size must be >= 1, got {self.eval_batch_size}")
+        if not (1 <= self.synthetic_users <= 10**7 and 2 <= self.synthetic_items <= 10**6):
+            bad(f"the synthetic data needs 1..10^7 users and 2..10^6 items, got "
+                f"{self.synthetic_users} and {self.synthetic_items}")
         if not 0 < self.mask_ratio <= 1:
             bad(f"mask ratio must be in (0, 1], got {self.mask_ratio}")
         if self.cloze_copies < 1:
@@ -169,67 +187,24 @@ class TrainingStopped(Exception):
 # ----------------------------------------------------------------------------
 
 
-def _atomic_write(path, write):
-    """Call write(tmp_path), then rename tmp_path to path (atomic on POSIX)."""
-    path = os.fspath(path)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
 def save_json(path, obj):
-    def write(tmp):
-        with open(tmp, "w") as f:
-            json.dump(obj, f, indent=1)
-            f.flush()
-            os.fsync(f.fileno())
-    _atomic_write(path, write)
+    """Write JSON through a temporary file and one rename (runs.write_json)."""
+    runs.write_json(path, obj)
 
 
 def save_npz(path, arrays: dict):
-    def write(tmp):
-        with open(tmp, "wb") as f:
-            np.savez(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-    _atomic_write(path, write)
+    """np.savez through a temporary file and one rename (runs.write_arrays)."""
+    runs.write_arrays(path, arrays)
 
 
 def load_npz(path) -> dict:
-    """Load arrays saved by save_npz; never unpickles (a file needing pickle is refused)."""
-    path = os.fspath(path)
-    if not os.path.exists(path):
-        raise FileNotFoundError(2, "checkpoint file not found", path)
-    with open(path, "rb") as f:
-        magic = f.read(2)
-    if magic not in (b"PK", b"\x80", b""):   # .npz is a zip file; \x80 opens a pickle
-        raise InputError(f"{path}: not a checkpoint file (a .npz zip archive of arrays); "
-                         f"it starts with {magic!r}")
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            return {k: z[k] for k in z.files}
-    except ValueError as e:
-        if "pickle" in str(e).lower():
-            raise InputError(f"{path}: refusing to load: the file contains Python objects "
-                             f"(pickle), which could run code; checkpoints hold plain arrays only")
-        raise InputError(f"{path}: not a valid checkpoint file ({e})")
-    except Exception as e:  # zipfile.BadZipFile, EOFError, OSError, ...
-        raise InputError(f"{path}: truncated or corrupt checkpoint file ({type(e).__name__}: {e})")
+    """Load arrays saved by save_npz, checked first; never unpickles (runs.read_arrays)."""
+    return runs.read_arrays(path)
 
 
-def load_json(path) -> dict:
-    path = os.fspath(path)
-    if not os.path.exists(path):
-        raise FileNotFoundError(2, "file not found", path)
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except json.JSONDecodeError as e:
-        raise InputError(f"{path}:{e.lineno}: not valid JSON ({e.msg})")
+def load_json(path):
+    """The value of a JSON file, checked (runs.read_json): one-line InputError otherwise."""
+    return runs.read_json(path)
 
 
 def _rng_state(rng) -> dict:
@@ -243,51 +218,202 @@ def _rng_from_state(state) -> np.random.Generator:
 
 
 # ----------------------------------------------------------------------------
+# Checks on what a run folder holds, before anything is allocated from it
+# ----------------------------------------------------------------------------
+
+
+def param_shapes(cfg: Config) -> dict:
+    """name -> shape of every parameter of a model of configuration ``cfg``, without building it.
+
+    The same names and shapes as ``model.init_params`` (a test holds them equal).
+    """
+    V, N, D, F = cfg.vocab_size, cfg.max_len, cfg.hidden, cfg.ffn
+    shapes = {"item_emb": (V, D)}
+    if cfg.position == "learned":
+        shapes["pos_emb"] = (N, D)
+    shapes["emb_ln_g"] = shapes["emb_ln_b"] = (D,)
+    for l in range(cfg.layers):
+        for name in ("Wq", "Wk", "Wv", "Wo"):
+            shapes[f"layer{l}.{name}"] = (D, D)
+        for name in ("bq", "bk", "bv", "bo", "ln1_g", "ln1_b"):
+            shapes[f"layer{l}.{name}"] = (D,)
+        shapes[f"layer{l}.W1"], shapes[f"layer{l}.b1"] = (D, F), (F,)
+        shapes[f"layer{l}.W2"], shapes[f"layer{l}.b2"] = (F, D), (D,)
+        shapes[f"layer{l}.ln2_g"] = shapes[f"layer{l}.ln2_b"] = (D,)
+    shapes["head_W"], shapes["head_b"] = (D, D), (D,)
+    shapes["head_ln_g"] = shapes["head_ln_b"] = (D,)
+    shapes["out_bias"] = (V,)
+    return shapes
+
+
+def check_fits(mcfg: Config, batch_size: int, where: str, training=True) -> None:
+    """Refuse a model that cannot fit in this machine's memory, before allocating it.
+
+    Counts the parameters from the configuration (times 5 when training: weights,
+    gradients, two Adam moments, the best weights) and the largest activations
+    of one batch (attention weights of every layer, the feed-forward's).
+    ``where`` names the source (a file and field, or the options).
+    """
+    V, N, D, F, L, H = (mcfg.vocab_size, mcfg.max_len, mcfg.hidden, mcfg.ffn, mcfg.layers,
+                        mcfg.heads)
+    per_layer = 4 * D * D + D * F + F * D + 9 * D + F
+    n_params = V * D + N * D + 4 * D + L * per_layer + D * D + 3 * D + V
+    activations = L * batch_size * N * (3 * H * N + 12 * D + 3 * F)
+    need = 4 * (n_params * (5 if training else 1) + activations) + L * 16 * 256  # + array headers
+    have = runs.memory_bytes()
+    if need > have:
+        raise InputError(f"{where}: a model of vocabulary {V}, N={N}, D={D}, F={F}, L={L}, H={H} "
+                         f"({n_params:.3g} parameters) needs about {need / 2**30:.3g} GiB, more than "
+                         f"this machine's {have / 2**30:.3g} GiB: choose a smaller model or batch")
+
+
+def _check_state(state, where: str, steps_per_epoch: int) -> dict:
+    """A training state read back (from checkpoint.npz or an old state.json), checked."""
+    def bad(field, msg):
+        raise InputError(f"{where}: field {field}: {msg}")
+    if not isinstance(state, dict):
+        raise InputError(f"{where}: the training state is not an object")
+    ints = {"epoch": 0, "batch": 0, "step": 0, "loss_batches": 0}
+    for key, low in ints.items():
+        v = state.get(key, 0 if key == "loss_batches" else None)
+        if not isinstance(v, int) or isinstance(v, bool) or v < low:
+            bad(key, f"expected an integer >= {low}, found {json.dumps(v)[:40]}")
+    for key in ("elapsed", "best", "loss_sum"):
+        v = state.get(key, 0.0 if key == "loss_sum" else None)
+        if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v):
+            bad(key, f"expected a finite number, found {json.dumps(v)[:40]}")
+    best_epoch = state.get("best_epoch")
+    if best_epoch is not None and (not isinstance(best_epoch, int) or isinstance(best_epoch, bool)
+                                   or not 1 <= best_epoch <= state["epoch"]):
+        bad("best_epoch", f"expected null or an epoch in 1..{state['epoch']}, found "
+                          f"{json.dumps(best_epoch)[:40]}")
+    history = state.get("history")
+    if not isinstance(history, list) or not all(isinstance(h, dict) for h in history):
+        bad("history", "expected a list of per-epoch records")
+    if len(history) != state["epoch"]:
+        bad("history", f"holds {len(history)} epochs, the state says {state['epoch']}")
+    if state["batch"] >= steps_per_epoch:
+        bad("batch", f"{state['batch']} is not below the {steps_per_epoch} batches of an epoch: "
+                     f"the data or the settings changed since the checkpoint")
+    if state["step"] != state["epoch"] * steps_per_epoch + state["batch"]:
+        bad("step", f"{state['step']} is not epoch x {steps_per_epoch} + batch: the data or the "
+                    f"settings changed since the checkpoint")
+    for key in ("data_rng", "dropout_rng"):
+        try:
+            _rng_from_state(state.get(key))
+        except (TypeError, ValueError, KeyError, AttributeError, OverflowError):
+            bad(key, "not the state of a random generator (PCG64)")
+    return state
+
+
+# ----------------------------------------------------------------------------
 # Loading a run back
 # ----------------------------------------------------------------------------
 
 
-def saved_train_config(conf: dict) -> TrainConfig:
-    """The TrainConfig of a run's config.json dict (its "train" block).
+def saved_train_config(conf: dict, where="config.json") -> TrainConfig:
+    """The TrainConfig of a run's config.json dict (its "train" block), checked.
 
-    Runs saved before cloze_copies existed trained with 1 cloze copy per epoch.
+    Every field must be one of TrainConfig's, of its type and in its range
+    (InputError naming ``where`` and the field otherwise). Runs saved before
+    cloze_copies existed trained with 1 cloze copy per epoch.
     """
-    return TrainConfig(**{"cloze_copies": 1, **conf["train"]})
+    if not isinstance(conf, dict) or "train" not in conf:
+        raise InputError(f"{where}: field train is missing: not the configuration of a run")
+    kw = runs.fields_from_json(TrainConfig, conf["train"], f"{where}: field train",
+                               defaults={"cloze_copies": 1})
+    try:
+        return TrainConfig(**kw).resolved()
+    except InputError as e:
+        raise InputError(f"{where}: {e}") from None
+
+
+_MODEL_FIELDS_OF_TRAIN = ("max_len", "hidden", "layers", "heads", "ffn", "hidden_dropout",
+                          "attention_dropout", "position", "attention", "gelu")
+
+
+def read_run_config(run_dir):
+    """(config.json dict, TrainConfig, model Config) of a run folder, every field checked."""
+    path = os.path.join(os.fspath(run_dir), runs.CONFIG)
+    conf = runs.read_json(path, "run configuration (config.json)")
+    if not isinstance(conf, dict):
+        raise InputError(f"{path}: expected an object {{...}}, found {type(conf).__name__}")
+    version = conf.get("format_version")
+    if version != FORMAT_VERSION:
+        raise InputError(f"{path}: checkpoint format version {version!r} is not supported "
+                         f"(this minibert4rec reads version {FORMAT_VERSION})")
+    if "model" not in conf:
+        raise InputError(f"{path}: field model is missing: not the configuration of a run")
+    kw = runs.fields_from_json(Config, conf["model"], f"{path}: field model")
+    if "vocab_size" not in kw:
+        raise InputError(f"{path}: field model.vocab_size is missing")
+    try:
+        mcfg = Config(**kw)
+    except InputError as e:
+        raise InputError(f"{path}: {e}") from None
+    tcfg = saved_train_config(conf, path)
+    derived = tcfg.model_config(mcfg.vocab_size)
+    for name in _MODEL_FIELDS_OF_TRAIN:
+        if getattr(derived, name) != getattr(mcfg, name):
+            raise InputError(f"{path}: field model.{name} is {getattr(mcfg, name)!r} but "
+                             f"train.{name} says {getattr(tcfg, name)!r}: incompatible checkpoint "
+                             f"configuration (the file was edited)")
+    dataset = conf.get("dataset", {})
+    if not isinstance(dataset, dict) or not all(
+            isinstance(dataset.get(k, 0), int) and not isinstance(dataset.get(k, 0), bool)
+            for k in ("n_users", "n_items")):
+        raise InputError(f"{path}: field dataset: expected {{name, n_users, n_items}}")
+    if "n_items" in dataset and dataset["n_items"] + 2 != mcfg.vocab_size:
+        raise InputError(f"{path}: field dataset.n_items is {dataset['n_items']} but "
+                         f"model.vocab_size is {mcfg.vocab_size} (items + 2): the file was edited")
+    return conf, tcfg, mcfg
 
 
 def load_run(run_dir, which="best"):
     """Return (model, TrainConfig, run config dict) of a run directory.
 
-    which: "best" (weights.npz) or "last" (last.npz).
+    which: "best" (the best weights) or "last" (the weights of the last save),
+    from checkpoint.npz, or from weights.npz / last.npz in folders written
+    before checkpoint.npz existed. Everything is checked before it is used;
+    non-finite weights are refused.
     """
-    cfg_path = os.path.join(run_dir, "config.json")
+    run_dir = os.fspath(run_dir)
     if not os.path.isdir(run_dir):
-        raise FileNotFoundError(2, "run directory not found", os.fspath(run_dir))
-    conf = load_json(cfg_path)
-    version = conf.get("format_version")
-    if version != FORMAT_VERSION:
-        raise InputError(f"{cfg_path}: checkpoint format version {version!r} is not supported "
-                         f"(this minibert4rec reads version {FORMAT_VERSION})")
-    try:
-        tcfg = saved_train_config(conf)
-        mcfg = Config(**conf["model"])
-    except (KeyError, TypeError) as e:
-        raise InputError(f"{cfg_path}: incompatible configuration ({e})")
-    weights = load_npz(os.path.join(run_dir, "weights.npz" if which == "best" else "last.npz"))
-    expected = BERT4Rec(mcfg, seed=0).params
-    for name, arr in expected.items():
-        if name not in weights:
-            raise InputError(f"{run_dir}: checkpoint lacks parameter {name!r}: it was written "
-                             f"for a different model configuration")
-        if weights[name].shape != arr.shape:
-            raise InputError(f"{run_dir}: parameter {name!r} has shape {weights[name].shape}, "
-                             f"the configuration needs {arr.shape}: incompatible checkpoint")
-    extra = set(weights) - set(expected)
-    if extra:
-        raise InputError(f"{run_dir}: checkpoint has unknown parameters {sorted(extra)[:3]}: "
-                         f"it was written for a different model configuration")
-    params = {k: weights[k].astype(np.float32) for k in expected}
+        raise FileNotFoundError(2, "run directory not found", run_dir)
+    conf, tcfg, mcfg = read_run_config(run_dir)
+    check_fits(mcfg, tcfg.eval_batch_size, os.path.join(run_dir, runs.CONFIG), training=False)
+    checkpoint = os.path.join(run_dir, runs.CHECKPOINT)
+    legacy = os.path.join(run_dir, "weights.npz" if which == "best" else "last.npz")
+    headers = runs.read_arrays_headers(checkpoint if os.path.exists(checkpoint) else legacy)
+    layers = {n.split("/")[-1].split(".")[0] for n in headers if n.split("/")[-1].startswith("layer")}
+    if len(layers) != mcfg.layers:                # before listing a claimed 10^7 layers' names
+        raise InputError(f"{os.path.join(run_dir, runs.CONFIG)}: field model.layers is "
+                         f"{mcfg.layers}, the checkpoint holds {len(layers)} layers: "
+                         f"incompatible checkpoint")
+    shapes = param_shapes(mcfg)
+    if os.path.exists(checkpoint):
+        has_best = any(n.startswith("best/") for n in headers)
+        part = "best" if which == "best" and has_best else "params"
+        params = runs.read_checkpoint(checkpoint, shapes, parts=(part,))[part]
+        source = f"{checkpoint} ({'best' if part == 'best' else 'last'} weights)"
+    else:
+        source = legacy
+        params = runs.read_arrays(source, shapes, kinds="f")
+    bad = runs.non_finite(params)
+    if bad is not None:
+        raise InputError(f"{source}: parameter {bad!r} holds non-finite values (nan or inf): "
+                         f"these weights diverged; train again with a lower --lr")
+    params = {k: params[k].astype(np.float32, copy=False) for k in shapes}
     return BERT4Rec(mcfg, params=params), tcfg, conf
+
+
+def check_same_data(model, ds: Dataset, run_dir=None) -> None:
+    """Refuse to use a model on a data set whose items are not the ones it was trained on."""
+    if model.cfg.vocab_size != ds.vocab_size:
+        where = f"{run_dir}: " if run_dir is not None else ""
+        raise InputError(f"{where}the model knows {model.cfg.vocab_size - 2} items, the data set "
+                         f"{ds.name} now has {ds.n_items}: the data file changed since training "
+                         f"(the model's item ids would not match)")
 
 
 def dataset_of(tcfg: TrainConfig) -> Dataset:
@@ -316,6 +442,7 @@ def evaluate_model(model, histories, targets, popularity, protocol="both", negat
 def test_metrics(model, ds: Dataset, split=None, protocol="both", seed=0, batch_size=256,
                  progress=False, n_negatives=100):
     """The paper's protocol on the test split (last item of every user)."""
+    check_same_data(model, ds)
     split = split or leave_one_out(ds)
     return evaluate_model(model, split.test_input, split.test_target, ds.popularity(), protocol,
                           seed=seed, batch_size=batch_size, progress=progress, desc="test",
@@ -369,7 +496,7 @@ def validation_negatives(split, popularity, n_negatives, seed):
     return ev.sample_negatives(everything, split.valid_target, popularity, n_negatives, seed=seed)
 
 
-def train(tcfg: TrainConfig, run_dir, resume=False, log=print):
+def train(tcfg: TrainConfig, run_dir, resume=False, log=print, overwrite=False):
     """Train (or resume) a run; see _train. ``tcfg.threads`` limits BLAS threads meanwhile.
 
     With ``tcfg.kernels == "fast"`` the fast path's process-wide settings are
@@ -378,63 +505,144 @@ def train(tcfg: TrainConfig, run_dir, resume=False, log=print):
     if tcfg.kernels == "fast":
         fast.enable()
     with blas_thread_limit(tcfg.threads):
-        return _train(tcfg, run_dir, resume, log)
+        return _train(tcfg, run_dir, resume, log, overwrite)
 
 
-def _train(tcfg: TrainConfig, run_dir, resume=False, log=print):
+def _absolute_paths(tcfg: TrainConfig) -> TrainConfig:
+    """The data file and data folder as absolute paths, so the run works from any folder."""
+    from .data import NAMED_DATASETS
+    dataset, data_dir = tcfg.dataset, tcfg.data_dir
+    if dataset not in NAMED_DATASETS and os.path.isfile(os.path.expanduser(dataset)):
+        dataset = os.path.abspath(os.path.expanduser(dataset))
+    if data_dir:
+        data_dir = os.path.abspath(os.path.expanduser(data_dir))
+    return replace(tcfg, dataset=dataset, data_dir=data_dir)
+
+
+def _read_checkpoint_of(run_dir, shapes, steps_per_epoch):
+    """(params, best, moments, state, legacy?) of a run's last complete checkpoint, or None.
+
+    checkpoint.npz, else the three files of earlier versions (last.npz,
+    optimizer.npz, state.json), else None: nothing saved yet, start at the beginning.
+    """
+    path = os.path.join(run_dir, runs.CHECKPOINT)
+    if os.path.exists(path):
+        c = runs.read_checkpoint(path, shapes)
+        state = _check_state(c["state"], path, steps_per_epoch)
+        params, best, moments = c["params"], c["best"], c["moments"]
+        legacy = False
+    else:
+        old = [os.path.join(run_dir, n) for n in ("last.npz", "optimizer.npz", "state.json")]
+        present = [os.path.exists(p) for p in old]
+        if not any(present):
+            return None
+        if not all(present):
+            have = ", ".join(os.path.basename(p) for p, e in zip(old, present) if e)
+            raise InputError(f"{run_dir}: holds an incomplete checkpoint of an earlier version "
+                             f"({have} only): it cannot be resumed; train again with --overwrite")
+        state = _check_state(runs.read_json(old[2]), old[2], steps_per_epoch)
+        params = runs.read_arrays(old[0], shapes, kinds="f")
+        moments = runs.read_arrays(old[1], {f"{p}/{k}": s for p in "mv" for k, s in shapes.items()},
+                                   kinds="f")
+        best = None
+        if state["best_epoch"] is not None:
+            best = runs.read_arrays(os.path.join(run_dir, "weights.npz"), shapes, kinds="f")
+        legacy = True
+    for name, arrays in (("weights", params), ("best weights", best), ("moments", moments)):
+        bad = runs.non_finite(arrays or {})
+        if bad is not None:
+            raise InputError(f"{path}: the checkpoint's {name} hold non-finite values ({bad!r}): "
+                             f"train again with --overwrite and a lower --lr")
+    return params, best, moments, state, legacy
+
+
+def _train(tcfg: TrainConfig, run_dir, resume=False, log=print, overwrite=False):
     """Train (or resume) a run; returns the test metrics dict written to metrics.json.
 
     Stops after ``tcfg.epochs`` epochs in total, at the ``tcfg.minutes`` budget,
     or on Ctrl-C; the last two save a resumable checkpoint first. After Ctrl-C
     it returns None at once (no test evaluation); a second Ctrl-C aborts.
+    A resume takes from ``tcfg`` only epochs (None: the run's own), minutes,
+    threads, kernels, data_dir and progress; the rest is the run's config.json.
     """
     from tqdm import tqdm          # (tqdm.auto warns in notebooks without ipywidgets)
 
-    os.makedirs(run_dir, exist_ok=True)
-    state = None
-    if resume:
-        model, old_cfg, _ = load_run(run_dir, which="last")
-        # the run's own settings, except the length, the budget and where the data is;
-        # the decay horizon stays (so resuming is exact) unless training now goes past it
-        decay = max(old_cfg.decay_epochs or old_cfg.epochs, tcfg.epochs)
-        if decay != old_cfg.decay_epochs:
-            log(f"note: the learning-rate decay now ends at epoch {decay} (was {old_cfg.decay_epochs})")
-        tcfg = replace(old_cfg, epochs=tcfg.epochs, minutes=tcfg.minutes, decay_epochs=decay,
-                       progress=tcfg.progress, threads=tcfg.threads, kernels=tcfg.kernels,
-                       data_dir=tcfg.data_dir or old_cfg.data_dir)
-        state = load_json(os.path.join(run_dir, "state.json"))
-    tcfg = tcfg.resolved()
-    ds = dataset_of(tcfg)
-    split = leave_one_out(ds)
-    mcfg = tcfg.model_config(ds.vocab_size)
-    if not resume:
+    run_dir = os.fspath(run_dir)
+    folder = checkpoint = None
+    try:
+        if resume:
+            folder = runs.RunFolder.open(run_dir)    # the lock; a missing folder is not created
+            _, old_cfg, saved_mcfg = read_run_config(run_dir)
+            epochs = tcfg.epochs if tcfg.epochs is not None else old_cfg.epochs
+            # the run's own settings, except the length, the budget and where the data is;
+            # the decay horizon stays (so resuming is exact) unless training now goes past it
+            decay = max(old_cfg.decay_epochs or old_cfg.epochs, epochs)
+            if decay != old_cfg.decay_epochs:
+                log(f"note: the learning-rate decay now ends at epoch {decay} (was {old_cfg.decay_epochs})")
+            data_dir = _absolute_paths(tcfg).data_dir if tcfg.data_dir else old_cfg.data_dir
+            tcfg = replace(old_cfg, epochs=epochs, minutes=tcfg.minutes, decay_epochs=decay,
+                           progress=tcfg.progress, threads=tcfg.threads, kernels=tcfg.kernels,
+                           data_dir=data_dir)
+        else:
+            runs.check_out_folder(run_dir, overwrite)     # before the (slow) data loading
+            tcfg = _absolute_paths(tcfg)
+        tcfg = tcfg.resolved()
+        ds = dataset_of(tcfg)
+        split = leave_one_out(ds)
+        mcfg = tcfg.model_config(ds.vocab_size)
+        if resume:
+            if saved_mcfg.vocab_size != ds.vocab_size:
+                raise InputError(f"{run_dir}: the checkpoint has vocabulary {saved_mcfg.vocab_size}, "
+                                 f"the dataset {tcfg.dataset!r} now has {ds.vocab_size}: incompatible")
+            mcfg = saved_mcfg
+        check_fits(mcfg, tcfg.batch_size, os.path.join(run_dir, runs.CONFIG) if resume else
+                   "the model options (--hidden, --layers, --max-len, --batch-size)")
+        train_seqs = split.valid_input if tcfg.holdout_validation else split.train
+        sampler = ClozeSampler(train_seqs, mcfg.max_len, tcfg.mask_ratio, tcfg.max_predictions,
+                               tcfg.sliding_step, ds.mask_id, copies=tcfg.cloze_copies)
+        steps_per_epoch = sampler.n_batches(tcfg.batch_size)
+        popularity = ds.popularity()
+        try:
+            valid_neg = validation_negatives(split, popularity, tcfg.n_negatives, tcfg.seed)
+        except InputError as e:
+            raise InputError(f"{tcfg.dataset}: too few items for the sampled protocol's "
+                             f"{tcfg.n_negatives} negatives per user ({e}); give --negatives N "
+                             f"with a smaller N") from None
+
+        conf = {"format_version": FORMAT_VERSION, "model": mcfg.to_dict(), "train": asdict(tcfg),
+                "dataset": {"name": ds.name, "n_users": ds.n_users, "n_items": ds.n_items}}
+        items = "\n".join(map(str, ds.raw_item_ids)) + "\n"
+        if resume:
+            checkpoint = _read_checkpoint_of(run_dir, param_shapes(mcfg), steps_per_epoch)
+            if runs.read_json(folder.file(runs.CONFIG)) != conf:
+                folder.write_json(runs.CONFIG, conf)          # the new length, budget, data dir
+            if not os.path.exists(folder.file(runs.ITEMS)):
+                folder.write_text(runs.ITEMS, items)
+        else:
+            folder = runs.RunFolder.create(run_dir, conf, overwrite)
+            folder.write_text(runs.ITEMS, items)
+        return _train_loop(tcfg, mcfg, ds, split, sampler, steps_per_epoch, valid_neg, folder,
+                           checkpoint, log, tqdm)
+    finally:
+        if folder is not None:
+            folder.close()
+
+
+def _train_loop(tcfg, mcfg, ds, split, sampler, steps_per_epoch, valid_neg, folder, checkpoint,
+                log, tqdm):
+    """The epochs of _train, in a run folder it holds; checkpoint: what _read_checkpoint_of read."""
+    run_dir = folder.path
+    state = best_params = None
+    if checkpoint is None:
         model = BERT4Rec(mcfg, seed=tcfg.seed)
+    else:
+        params, best_params, moments, state, legacy = checkpoint
+        model = BERT4Rec(mcfg, params={k: v.astype(np.float32, copy=False) for k, v in params.items()})
     model.output_loss = fast.output_loss_for(tcfg.kernels)     # the same numbers either way
-    if resume and model.cfg.vocab_size != ds.vocab_size:
-        raise InputError(f"{run_dir}: the checkpoint has vocabulary {model.cfg.vocab_size}, the "
-                         f"dataset {tcfg.dataset!r} now has {ds.vocab_size}: incompatible")
-    train_seqs = split.valid_input if tcfg.holdout_validation else split.train
-    sampler = ClozeSampler(train_seqs, mcfg.max_len, tcfg.mask_ratio, tcfg.max_predictions,
-                           tcfg.sliding_step, ds.mask_id, copies=tcfg.cloze_copies)
-    steps_per_epoch = sampler.n_batches(tcfg.batch_size)
     opt = AdamWeightDecay(model.params, lr=tcfg.lr, weight_decay=tcfg.weight_decay,
                           warmup=tcfg.warmup, total_steps=steps_per_epoch * tcfg.decay_epochs,
                           clip_norm=tcfg.clip_norm)
     popularity = ds.popularity()
-    try:
-        valid_neg = validation_negatives(split, popularity, tcfg.n_negatives, tcfg.seed)
-    except InputError as e:
-        raise InputError(f"{tcfg.dataset}: too few items for the sampled protocol's "
-                         f"{tcfg.n_negatives} negatives per user ({e}); give --negatives N "
-                         f"with a smaller N") from None
-
-    conf = {"format_version": FORMAT_VERSION, "model": mcfg.to_dict(), "train": asdict(tcfg),
-            "dataset": {"name": ds.name, "n_users": ds.n_users, "n_items": ds.n_items}}
-    save_json(os.path.join(run_dir, "config.json"), conf)
-    items_path = os.path.join(run_dir, "items.txt")
-    if not os.path.exists(items_path):
-        _atomic_write(items_path, lambda tmp: open(tmp, "w").write(
-            "\n".join(map(str, ds.raw_item_ids)) + "\n"))
 
     if state is None:
         state = {"epoch": 0, "batch": 0, "step": 0, "elapsed": 0.0, "best": -1.0,
@@ -442,14 +650,36 @@ def _train(tcfg: TrainConfig, run_dir, resume=False, log=print):
                  "data_rng": _rng_state(np.random.default_rng([tcfg.seed, 1])),
                  "dropout_rng": _rng_state(np.random.default_rng([tcfg.seed, 2]))}
     else:
-        opt.load_state_arrays(load_npz(os.path.join(run_dir, "optimizer.npz")), state["step"])
+        opt.load_state_arrays(moments, state["step"])
+        if legacy:                 # one checkpoint.npz from the files of an earlier version
+            folder.commit(model.params, best_params, opt.state_arrays(), state)
+        else:                      # weights.npz and state.json as the checkpoint says
+            folder.publish(model.params, best_params, state)
+    saved = dict(state) if checkpoint is not None else None     # the checkpoint on disk
     dropout_rng = _rng_from_state(state["dropout_rng"])
 
-    def save(tag="last"):
+    def diverged(what):
+        if saved is not None:
+            kept = (f"the last good checkpoint, {folder.file(runs.CHECKPOINT)} (epoch "
+                    f"{saved['epoch']}, batch {saved['batch']}), is kept"
+                    + (f", and the best weights (epoch {saved['best_epoch']}) in "
+                       f"{folder.file(runs.WEIGHTS)}" if saved["best_epoch"] else ""))
+        else:
+            kept = f"no checkpoint was saved yet ({run_dir} holds the settings only)"
+        raise TrainingStopped(
+            f"{run_dir}: training diverged: {what} at step {state['step']} (epoch "
+            f"{state['epoch'] + 1}); {kept}. Resuming would diverge again at the same step: "
+            f"train again with a lower --lr (this run: {tcfg.lr:g}) and --overwrite")
+
+    def save(weights_changed=True):
+        nonlocal saved
         state["dropout_rng"] = _rng_state(dropout_rng)
-        save_npz(os.path.join(run_dir, "last.npz"), model.params)
-        save_npz(os.path.join(run_dir, "optimizer.npz"), opt.state_arrays())
-        save_json(os.path.join(run_dir, "state.json"), state)
+        bad = runs.non_finite(model.params)
+        if bad is not None:
+            diverged(f"parameter {bad!r} became non-finite")
+        folder.commit(model.params, best_params, opt.state_arrays(), state,
+                      publish_weights=weights_changed or best_params is None)
+        saved = {k: state[k] for k in ("epoch", "batch", "best_epoch")}
 
     def validate():
         return evaluate_model(model, split.valid_input, split.valid_target, popularity,
@@ -473,7 +703,7 @@ def _train(tcfg: TrainConfig, run_dir, resume=False, log=print):
                        desc=f"epoch {state['epoch'] + 1}/{tcfg.epochs}", unit="batch",
                        dynamic_ncols=True, leave=False)
             seen, t_epoch = 0, time.perf_counter()
-            # the epoch's loss so far: a sum and a count, kept in state.json so that an
+            # the epoch's loss so far: a sum and a count, kept in the checkpoint so that an
             # epoch resumed after Ctrl-C reports the mean over ALL its batches
             state.setdefault("loss_sum", 0.0)
             state.setdefault("loss_batches", 0)
@@ -483,13 +713,12 @@ def _train(tcfg: TrainConfig, run_dir, resume=False, log=print):
                 loss, grads = model.loss_and_grads(batch.ids, batch.sel, batch.targets,
                                                    rng=dropout_rng, train=True)
                 if not np.isfinite(loss):
-                    raise TrainingStopped(f"loss became {loss} at step {state['step']} "
-                                          f"(epoch {state['epoch'] + 1}); the last good "
-                                          f"checkpoint in {run_dir} is kept. Try a lower --lr.")
+                    bar.close()
+                    diverged(f"the loss became {loss}")
                 norm = opt.step(model.params, grads)
                 if not np.isfinite(norm):
-                    raise TrainingStopped(f"non-finite gradient norm at step {state['step']}; "
-                                          f"the last good checkpoint in {run_dir} is kept")
+                    bar.close()
+                    diverged("the gradient norm became non-finite")
                 state["step"] += 1
                 state["batch"] = i + 1
                 state["loss_sum"] += float(loss)
@@ -507,11 +736,14 @@ def _train(tcfg: TrainConfig, run_dir, resume=False, log=print):
                     break
             bar.close()
             if stop_reason is not None and state["batch"] < steps_per_epoch:
-                save()                                             # mid-epoch, resumable
+                save(weights_changed=False)                        # mid-epoch, resumable
                 log(f"{stop_reason}: saved a resumable checkpoint at epoch {state['epoch'] + 1}, "
                     f"batch {state['batch']}/{steps_per_epoch} in {run_dir}")
                 break
             # the epoch is complete
+            bad = runs.non_finite(model.params)
+            if bad is not None:
+                diverged(f"parameter {bad!r} became non-finite")
             state["epoch"] += 1
             state["batch"] = 0
             state["data_rng"] = _rng_state(epoch_rng)              # next epoch's start state
@@ -526,28 +758,26 @@ def _train(tcfg: TrainConfig, run_dir, resume=False, log=print):
                                               tcfg.eval_batch_size,
                                               n_negatives=tcfg.n_negatives)["sampled"]
             state["history"].append(record)
-            improved = valid["NDCG@10"] > state["best"]
+            improved = math.isfinite(valid["NDCG@10"]) and valid["NDCG@10"] > state["best"]
             if improved:
                 state["best"], state["best_epoch"] = valid["NDCG@10"], state["epoch"]
-                save_npz(os.path.join(run_dir, "weights.npz"), model.params)
-            save()
+                best_params = {k: v.copy() for k, v in model.params.items()}
+            save(weights_changed=improved)
             log(f"epoch {state['epoch']:3d}  loss {record['loss']:.4f}  valid HR@10 "
                 f"{valid['HR@10']:.4f} NDCG@10 {valid['NDCG@10']:.4f}"
                 + (f"  test HR@10 {record['test']['HR@10']:.4f} NDCG@10 {record['test']['NDCG@10']:.4f}"
                    if "test" in record else "")
                 + f"  [{record['minutes']:.1f} min]" + ("  *best*" if improved else ""))
-    if not os.path.exists(os.path.join(run_dir, "weights.npz")):
-        save_npz(os.path.join(run_dir, "weights.npz"), model.params)   # stopped before epoch 1
     if stop_reason is not None and stop_reason.startswith("interrupted"):
         log(f"resume with: python -m minibert4rec train --resume {run_dir} --epochs {tcfg.epochs}")
         return None
     best, _, _ = load_run(run_dir, "best")
     metrics = test_metrics(best, ds, split, "both", tcfg.seed, tcfg.eval_batch_size,
                            n_negatives=tcfg.n_negatives)
-    save_json(os.path.join(run_dir, "metrics.json"), metrics)
+    folder.write_json(runs.METRICS, metrics)
     return metrics
 
 
 __all__ = ["TrainConfig", "PRESETS", "train", "load_run", "test_metrics", "popularity_metrics",
            "evaluate_model", "load_npz", "save_npz", "save_json", "load_json", "TrainingStopped",
-           "dataset_of"]
+           "dataset_of", "read_run_config", "param_shapes", "check_fits", "check_same_data"]

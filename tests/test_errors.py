@@ -143,26 +143,26 @@ def test_unsupported_format_version(run_dir, tmp_path, capsys):
 
 def test_truncated_checkpoint(run_dir, tmp_path, capsys):
     d = copy_run(run_dir, tmp_path)
-    data = (d / "weights.npz").read_bytes()
-    (d / "weights.npz").write_bytes(data[: len(data) // 3])
+    data = (d / "checkpoint.npz").read_bytes()
+    (d / "checkpoint.npz").write_bytes(data[: len(data) // 3])
     assert_one_line_error(*run_cli(capsys, "evaluate", "--run", str(d)),
                           r"truncated or corrupt checkpoint file")
 
 
 def test_checkpoint_needing_pickle_is_refused(run_dir, tmp_path, capsys):
     d = copy_run(run_dir, tmp_path)
-    arrays = dict(np.load(d / "weights.npz"))
-    arrays["item_emb"] = np.array([{"evil": "object"}], dtype=object)
-    np.savez(d / "weights.npz", **arrays)
+    arrays = dict(np.load(d / "checkpoint.npz"))
+    arrays["best/item_emb"] = np.array([{"evil": "object"}], dtype=object)
+    np.savez(d / "checkpoint.npz", **arrays)
     assert_one_line_error(*run_cli(capsys, "evaluate", "--run", str(d)),
                           r"refusing to load: the file contains Python objects")
 
 
 def test_a_file_that_is_no_checkpoint_at_all(run_dir, tmp_path, capsys):
     d = copy_run(run_dir, tmp_path)
-    (d / "weights.npz").write_text("hello")
+    (d / "checkpoint.npz").write_text("hello")
     assert_one_line_error(*run_cli(capsys, "evaluate", "--run", str(d)),
-                          r"weights\.npz: not a checkpoint file .* starts with b'he'")
+                          r"checkpoint\.npz: not a checkpoint file .* starts with b'he'")
 
 
 @pytest.mark.parametrize("argv, message", [

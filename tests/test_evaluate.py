@@ -137,8 +137,28 @@ def test_ranks_reject_bad_input():
         ranks_full(scores, np.array([MASK, 1]), [np.array([1]), np.array([2])], rng())
     with pytest.raises(InputError):
         ranks_full(scores, np.array([1, 1]), [np.array([1]), np.array([-2])], rng())
-    with pytest.raises(InputError):
-        ranks_sampled(np.full((2, V), np.nan), np.array([1, 1]), np.array([[2], [3]]), rng())
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_non_finite_scores_never_rank(bad):
+    # a NaN compared with > is False: counted as it is, a NaN target would beat everything
+    scores = np.tile(np.arange(V, dtype=float), (2, 1))                  # item i scores i
+    scores[0, 3] = bad                                                   # user 0: the target
+    scores[1, 5] = bad                                                   # user 1: a candidate
+    negatives = np.array([[1, 2, 4, 5], [1, 2, 4, 5]])
+    assert ranks_sampled(scores, np.array([3, 3]), negatives, rng()).tolist() == [4, 1]
+    full = ranks_full(scores, np.array([3, 3]), [np.array([1]), np.array([1])], rng())
+    assert full.tolist() == [4, 2]                  # user 1: only items 4 and 6 above 3
+    # the driver, both protocols and the candidate shortcut: a broken model ranks last (of 5)
+    broken = lambda h: np.full((len(h), V), bad)                          # noqa: E731
+    cand = lambda h, c: np.full(c.shape, bad)                             # noqa: E731
+    hist, targets, negatives = [np.array([1]), np.array([2])], np.array([3, 4]), negatives - 0
+    negatives[1] = [1, 2, 3, 5]
+    for m in (evaluate(broken, hist, targets, negatives=negatives),
+              evaluate(broken, hist, targets, protocol="sampled", negatives=negatives,
+                       candidate_fn=cand)):
+        for metrics in m.values():
+            assert metrics["HR@1"] == 0.0 and metrics["MRR"] == pytest.approx(1 / 5)
 
 
 # --------------------------------------------------------------------------- negatives

@@ -1,0 +1,504 @@
+"""Run folders: one writer at a time, one atomic checkpoint, every file checked when read back.
+
+A run folder (``train --out RUN``) holds
+
+    config.json      the run's settings (model, training, data set); written first: a
+                     folder is a run as soon as it has one
+    items.txt        line i = the original id of item i (for ``recommend``)
+    checkpoint.npz   THE checkpoint, one file replaced atomically at every save: the
+                     weights (``params/NAME``), the best weights so far (``best/NAME``),
+                     AdamWeightDecay's moments (``m/NAME``, ``v/NAME``) and the training
+                     state (``state``: JSON text as bytes; epoch, batch, generators, history)
+    weights.npz      a copy of the best weights (for other programs; written after each
+                     checkpoint that changed them)
+    state.json       a copy of the training state (the per-epoch history, for plots)
+    metrics.json     test metrics of the best weights, at the end
+
+Crash safety comes from the order of writes. Every file is written to a
+temporary name and renamed (``files.atomic_write``); the checkpoint is ONE file,
+so after a kill at any moment the folder holds either the previous complete
+checkpoint or the new one, and ``weights.npz`` / ``state.json`` are refreshed
+from it when the run is resumed. Run folders written before ``checkpoint.npz``
+existed (``last.npz``, ``optimizer.npz``, ``state.json``) are still read.
+
+One writer: a training (and ``evaluate --save``) holds an exclusive lock on the
+folder (``flock`` on the folder itself, dropped by the operating system when the
+process ends, however it ends); a second writer stops with a one-line error.
+
+Everything read back is checked before it is used, and before anything is
+allocated from it: JSON files must be UTF-8 and valid JSON, with the right types
+in every field; a ``.npz`` file's arrays are checked from their headers (names,
+number types, shapes, sizes against the file's own length) before their data is
+read, and the data against its zip checksum. Any problem is an ``InputError``
+naming the file (and field), which the command line prints as one line.
+"""
+from __future__ import annotations
+
+import dataclasses
+import errno
+import json
+import math
+import os
+import zipfile
+
+import numpy as np
+
+from . import files
+from .errors import InputError
+
+CONFIG, ITEMS, CHECKPOINT = "config.json", "items.txt", "checkpoint.npz"
+WEIGHTS, STATE, METRICS = "weights.npz", "state.json", "metrics.json"
+LEGACY = ("last.npz", "optimizer.npz")           # the checkpoint of earlier versions
+RUN_FILES = (CONFIG, ITEMS, CHECKPOINT, WEIGHTS, STATE, METRICS) + LEGACY
+
+
+# ----------------------------------------------------------------------------
+# Reading JSON, checked
+# ----------------------------------------------------------------------------
+
+
+def _open_for_reading(path, what):
+    """Open ``path`` in binary mode; one-line errors for folders and unreadable files."""
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        raise InputError(f"{path}: is a folder, not a {what}")
+    try:
+        return open(path, "rb")
+    except FileNotFoundError:
+        raise FileNotFoundError(2, f"{what} not found", path) from None
+    except OSError as e:
+        raise InputError(f"{path}: cannot read the {what}: {e.strerror or e}") from None
+
+
+def read_json(path, what="JSON file"):
+    """The value in a JSON file; InputError (one line, with the line number) if it is not one.
+
+    NaN and Infinity, which Python's json accepts, are refused: no file of a
+    run ever holds them.
+    """
+    path = os.fspath(path)
+    with _open_for_reading(path, what) as f:
+        try:
+            data = f.read()
+        except OSError as e:
+            raise InputError(f"{path}: cannot read the {what}: {e.strerror or e}") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise InputError(f"{path}: not a UTF-8 text file ({e.reason} at byte {e.start})") from None
+
+    def refuse(constant):
+        raise InputError(f"{path}: {constant} is not a valid number here")
+    try:
+        return json.loads(text, parse_constant=refuse)
+    except json.JSONDecodeError as e:
+        raise InputError(f"{path}:{e.lineno}: not valid JSON ({e.msg})") from None
+    except RecursionError:
+        raise InputError(f"{path}: not valid JSON (nested too deeply)") from None
+
+
+def write_json(path, obj) -> None:
+    """Write ``obj`` as JSON through a temporary file and one rename."""
+    text = json.dumps(obj, indent=1, allow_nan=False)
+    files.atomic_write(path, lambda f: f.write(text.encode("utf-8")))
+
+
+_TYPES = {"int": int, "float": float, "str": str, "bool": bool, "None": type(None)}
+
+
+def _type_ok(value, allowed) -> bool:
+    for t in allowed:
+        if t is type(None) and value is None:
+            return True
+        if t is bool and isinstance(value, bool):
+            return True
+        if t is int and isinstance(value, int) and not isinstance(value, bool):
+            return True
+        if t is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return math.isfinite(value)
+        if t is str and isinstance(value, str):
+            return True
+    return False
+
+
+def fields_from_json(cls, obj, where: str, defaults: dict | None = None) -> dict:
+    """Check a JSON object against a dataclass's fields; return the keyword arguments.
+
+    Every key must be a field, every value of the field's annotated type
+    (``int``, ``float``, ``str``, ``bool``, ``X | None``; bools are not numbers,
+    numbers are finite). ``where`` names the object in messages
+    (``RUN/config.json: field train.lr``). Ranges are the dataclass's own
+    ``validate``'s business.
+    """
+    if not isinstance(obj, dict):
+        raise InputError(f"{where}: expected an object {{...}}, found {type(obj).__name__}")
+    known = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    out = dict(defaults or {})
+    for key, value in obj.items():
+        if key not in known:
+            raise InputError(f"{where}.{key}: unknown field (this version of minibert4rec "
+                             f"does not know it)")
+        annotation = known[key].type if isinstance(known[key].type, str) else known[key].type.__name__
+        allowed = [_TYPES[t.strip()] for t in annotation.split("|") if t.strip() in _TYPES]
+        if allowed and not _type_ok(value, allowed):
+            names = " or ".join("null" if t is type(None) else
+                                ("number" if t is float else t.__name__) for t in allowed)
+            raise InputError(f"{where}.{key}: expected {names}, found {json.dumps(value)[:40]}")
+        out[key] = value
+    return out
+
+
+# ----------------------------------------------------------------------------
+# Arrays: .npz files checked from their headers before any data is read
+# ----------------------------------------------------------------------------
+
+
+def memory_bytes() -> int:
+    """This machine's physical memory in bytes (2^40 where it cannot be asked)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 1 << 40
+
+
+def _npz_headers(path, zf, size):
+    """name -> (ZipInfo, shape, dtype) of every array in an open .npz, from headers only."""
+    headers = {}
+    for info in zf.infolist():
+        if not info.filename.endswith(".npy"):
+            raise InputError(f"{path}: not a checkpoint file (it holds {info.filename!r}, "
+                             f"not an array)")
+        name = info.filename[:-4]
+        if info.compress_type == zipfile.ZIP_STORED:
+            if info.header_offset + info.compress_size > size:
+                raise InputError(f"{path}: truncated or corrupt checkpoint file (array {name!r} "
+                                 f"runs past the end of the file)")
+        elif info.compress_type != zipfile.ZIP_DEFLATED:
+            raise InputError(f"{path}: not a valid checkpoint file (array {name!r} is stored "
+                             f"with an unknown compression)")
+        with zf.open(info) as member:
+            version = np.lib.format.read_magic(member)
+            if version == (1, 0):
+                shape, fortran, dtype = np.lib.format.read_array_header_1_0(member)
+            elif version == (2, 0):
+                shape, fortran, dtype = np.lib.format.read_array_header_2_0(member)
+            else:
+                raise ValueError(f"array format version {version}")
+            start = member.tell()
+        if dtype.hasobject:
+            raise InputError(f"{path}: refusing to load: the file contains Python objects "
+                             f"(pickle), which could run code; checkpoints hold plain arrays only")
+        nbytes = math.prod(shape) * dtype.itemsize
+        if info.file_size != start + nbytes:
+            raise InputError(f"{path}: truncated or corrupt checkpoint file (array {name!r} of "
+                             f"shape {shape} needs {nbytes} bytes, the file holds "
+                             f"{info.file_size - start})")
+        headers[name] = (info, tuple(shape), dtype)
+    return headers
+
+
+def read_arrays(path, expected=None, select=None, kinds="fiub", what="checkpoint file") -> dict:
+    """The arrays of a .npz file, checked before they are read. Never unpickles.
+
+    Args:
+        expected: optional {name: shape}; every name must be present with that
+            shape (names outside ``expected`` are refused).
+        select: optional function name -> bool; only those arrays are read
+            (all headers are still checked).
+        kinds: allowed dtype kinds (f float, i/u integers, b bool).
+    Returns:
+        {name: array}. InputError (one line naming the file) on any problem:
+        not a zip, truncated, pickled objects, wrong names, types or shapes,
+        bad checksum; FileNotFoundError if missing.
+    """
+    path = os.fspath(path)
+    with _open_for_reading(path, what) as f:
+        magic = f.read(2)
+        if magic not in (b"PK", b"\x80", b""):       # a zip; \x80 opens a pickle
+            raise InputError(f"{path}: not a checkpoint file (a .npz zip archive of arrays); "
+                             f"it starts with {magic!r}")
+        if magic == b"\x80":
+            raise InputError(f"{path}: refusing to load: the file contains Python objects "
+                             f"(pickle), which could run code; checkpoints hold plain arrays only")
+        size = os.fstat(f.fileno()).st_size
+        f.seek(0)
+        try:
+            with zipfile.ZipFile(f) as zf:
+                headers = _npz_headers(path, zf, size)
+                _check_names_and_shapes(path, headers, expected, kinds)
+                total = sum(math.prod(s) * d.itemsize for _, s, d in headers.values())
+                if total > memory_bytes():
+                    raise InputError(f"{path}: its arrays would need {total / 2**30:.1f} GiB, more "
+                                     f"than this machine's memory: not a checkpoint of this program")
+                out = {}
+                for name, (info, shape, dtype) in headers.items():
+                    if select is not None and not select(name):
+                        continue
+                    with zf.open(info) as member:
+                        out[name] = np.lib.format.read_array(member, allow_pickle=False)
+                return out
+        except InputError:
+            raise
+        except (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, EOFError, OSError,
+                KeyError, SyntaxError, TypeError, OverflowError, MemoryError,
+                NotImplementedError) as e:
+            raise InputError(f"{path}: truncated or corrupt checkpoint file "
+                             f"({type(e).__name__}: {str(e)[:120]})") from None
+
+
+def _check_names_and_shapes(path, headers, expected, kinds):
+    for name, (_, shape, dtype) in headers.items():
+        if dtype.kind not in kinds:
+            raise InputError(f"{path}: array {name!r} holds {dtype} values, not numbers")
+    if expected is None:
+        return
+    missing = [k for k in expected if k not in headers]
+    if missing:
+        raise InputError(f"{path}: lacks array {missing[0]!r}: it was written for a different "
+                         f"model configuration (incompatible checkpoint)")
+    extra = sorted(set(headers) - set(expected))
+    if extra:
+        raise InputError(f"{path}: has unknown arrays {extra[:3]}: it was written for a different "
+                         f"model configuration (incompatible checkpoint)")
+    for name, shape in expected.items():
+        if headers[name][1] != tuple(shape):
+            raise InputError(f"{path}: array {name!r} has shape {headers[name][1]}, the "
+                             f"configuration needs {tuple(shape)}: incompatible checkpoint")
+
+
+def write_arrays(path, arrays: dict) -> None:
+    """np.savez through a temporary file and one rename."""
+    files.atomic_write(path, lambda f: np.savez(f, **arrays))
+
+
+def non_finite(arrays: dict) -> str | None:
+    """The name of the first array holding nan or inf, or None."""
+    for name, a in arrays.items():
+        if a.dtype.kind == "f" and not np.isfinite(a).all():
+            return name
+    return None
+
+
+# ----------------------------------------------------------------------------
+# The checkpoint: one file
+# ----------------------------------------------------------------------------
+
+
+def pack_checkpoint(params: dict, best: dict | None, moments: dict, state: dict) -> dict:
+    """The arrays of checkpoint.npz (``moments``: the optimizer's 'm/NAME', 'v/NAME')."""
+    arrays = {f"params/{k}": v for k, v in params.items()}
+    if best is not None:
+        arrays.update({f"best/{k}": v for k, v in best.items()})
+    arrays.update(moments)
+    text = json.dumps(state, allow_nan=False).encode("utf-8")
+    arrays["state"] = np.frombuffer(text, dtype=np.uint8)
+    return arrays
+
+
+def read_checkpoint(path, shapes: dict, parts=("params", "best", "m", "v", "state")):
+    """Read checkpoint.npz against the model's parameter shapes.
+
+    Returns {"params": {...}, "best": {...} or None, "m"/"v" in "moments" as
+    'm/NAME' keys, "state": dict}; only the requested parts are read.
+    """
+    path = os.fspath(path)
+    expected = {}
+    for prefix in ("params", "m", "v"):
+        expected.update({f"{prefix}/{k}": s for k, s in shapes.items()})
+    headers_only = read_arrays_headers(path)
+    if any(n.startswith("best/") for n in headers_only):
+        expected.update({f"best/{k}": s for k, s in shapes.items()})
+    if "state" not in headers_only:
+        raise InputError(f"{path}: not a checkpoint of a training run (no 'state' array)")
+    state_shape = headers_only["state"]
+    if len(state_shape) != 1:
+        raise InputError(f"{path}: corrupt checkpoint file (its 'state' is not text)")
+    expected["state"] = state_shape
+    wanted = tuple(parts)
+    arrays = read_arrays(path, expected, select=lambda n: n.split("/")[0] in wanted)
+    out = {"params": None, "best": None, "moments": None, "state": None}
+    if "params" in wanted:
+        out["params"] = {k: arrays[f"params/{k}"] for k in shapes}
+    if "best" in wanted and f"best/{next(iter(shapes))}" in arrays:
+        out["best"] = {k: arrays[f"best/{k}"] for k in shapes}
+    if "m" in wanted or "v" in wanted:
+        out["moments"] = {n: a for n, a in arrays.items() if n.split("/")[0] in ("m", "v")}
+    if "state" in wanted:
+        raw = arrays["state"]
+        if raw.dtype != np.uint8:
+            raise InputError(f"{path}: corrupt checkpoint file (its 'state' is not text)")
+        try:
+            out["state"] = json.loads(raw.tobytes().decode("utf-8"),
+                                      parse_constant=lambda c: float("nan"))
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+            raise InputError(f"{path}: corrupt checkpoint file (its state is not JSON: {e})") from None
+    return out
+
+
+def read_arrays_headers(path) -> dict:
+    """name -> shape of every array of a .npz file (headers only; checked like read_arrays)."""
+    path = os.fspath(path)
+    with _open_for_reading(path, "checkpoint file") as f:
+        magic = f.read(2)
+        if magic != b"PK":
+            read_arrays(path)                 # raises the right message
+        size = os.fstat(f.fileno()).st_size
+        f.seek(0)
+        try:
+            with zipfile.ZipFile(f) as zf:
+                return {n: s for n, (_, s, _) in _npz_headers(path, zf, size).items()}
+        except InputError:
+            raise
+        except (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, EOFError, OSError,
+                KeyError, SyntaxError, TypeError, OverflowError) as e:
+            raise InputError(f"{path}: truncated or corrupt checkpoint file "
+                             f"({type(e).__name__}: {str(e)[:120]})") from None
+
+
+# ----------------------------------------------------------------------------
+# The one writer of a run folder
+# ----------------------------------------------------------------------------
+
+
+def _is_leftover(name: str) -> bool:
+    return ".tmp-" in name
+
+
+def check_out_folder(path, overwrite=False) -> None:
+    """Refuse an --out that cannot become this run's folder, before any work is done.
+
+    Missing or empty: fine. A file (or a path through one): refused. A folder
+    that holds files: refused unless ``overwrite`` and it is a run folder (has
+    config.json) or the leftovers of a run killed before it wrote config.json.
+    """
+    path = os.fspath(path)
+    if os.path.lexists(path) and not os.path.isdir(path):
+        raise InputError(f"{path}: exists and is not a folder: choose another --out")
+    parent = os.path.dirname(os.path.abspath(path))
+    while parent and not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if parent and not os.path.isdir(parent):
+        raise InputError(f"{path}: cannot create the run folder: {parent} is a file")
+    if not os.path.isdir(path):
+        return
+    names = sorted(os.listdir(path))
+    if all(_is_leftover(n) for n in names):      # empty, or a run killed before config.json
+        return
+    if CONFIG in names or all(_is_leftover(n) or n in RUN_FILES or n == "attention"
+                              for n in names):
+        if overwrite:
+            return
+        raise InputError(f"{path}: already holds a run: give --resume {path} to continue it, "
+                         f"--overwrite to replace it, or another --out")
+    shown = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
+    raise InputError(f"{path}: is not empty ({shown}) and is not a run folder: choose a new "
+                     f"or empty folder for --out")
+
+
+class RunFolder:
+    """The one process writing a run folder: holds its lock until ``close()``."""
+
+    def __init__(self, path, fd):
+        self.path, self._fd = os.fspath(path), fd
+
+    # -- taking the folder --------------------------------------------------------------
+
+    @classmethod
+    def _lock(cls, path) -> "RunFolder":
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except OSError as e:
+            raise InputError(f"{path}: cannot open the run folder: {e.strerror or e}") from None
+        if files.fcntl is not None:
+            try:
+                files.fcntl.flock(fd, files.fcntl.LOCK_EX | files.fcntl.LOCK_NB)
+            except OSError as e:
+                os.close(fd)
+                if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                    raise InputError(f"{path}: is in use by another process writing to it (a "
+                                     f"training, or evaluate --save); one writer at a time: wait "
+                                     f"for it to end, or choose another folder") from None
+                fd = os.open(path, os.O_RDONLY)      # no locks on this file system: go on
+        folder = cls(path, fd)
+        for name in os.listdir(path):              # a killed writer's temporary files
+            if _is_leftover(name):
+                files.remove(os.path.join(path, name))
+        return folder
+
+    @classmethod
+    def create(cls, path, config: dict, overwrite=False) -> "RunFolder":
+        """Make ``path`` a new run folder: lock it, clear it if allowed, write config.json."""
+        path = os.fspath(path)
+        check_out_folder(path, overwrite)
+        try:
+            os.makedirs(path, exist_ok=True)
+        except OSError as e:
+            raise files.cannot_write(path, e) from None
+        folder = cls._lock(path)
+        try:
+            check_out_folder(path, overwrite)                # again, now that we hold the lock
+            names = sorted(os.listdir(path), key=lambda n: n != CONFIG)   # config.json first:
+            for name in names:                                             # no longer a run
+                files.remove(os.path.join(path, name))
+            write_json(os.path.join(path, CONFIG), config)
+        except BaseException:
+            folder.close()
+            raise
+        return folder
+
+    @classmethod
+    def open(cls, path, what="resume") -> "RunFolder":
+        """Lock an existing run folder (for --resume, evaluate --save)."""
+        path = os.fspath(path)
+        if not os.path.isdir(path):
+            if os.path.lexists(path):
+                raise InputError(f"{path}: is not a run folder (it is a file)")
+            raise FileNotFoundError(2, f"run directory not found (nothing to {what})", path)
+        folder = cls._lock(path)
+        if not os.path.exists(os.path.join(path, CONFIG)):
+            folder.close()
+            raise InputError(f"{path}: holds no config.json: the training stopped before it "
+                             f"wrote its settings, so there is nothing to {what}; start it "
+                             f"again with the same command, without --resume")
+        return folder
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    # -- writing ---------------------------------------------------------------------------
+
+    def file(self, name) -> str:
+        return os.path.join(self.path, name)
+
+    def write_json(self, name, obj) -> None:
+        write_json(self.file(name), obj)
+
+    def write_text(self, name, text: str) -> None:
+        files.atomic_write(self.file(name), lambda f: f.write(text.encode("utf-8")))
+
+    def commit(self, params, best, moments, state, publish_weights=True) -> None:
+        """Save the checkpoint (one rename), then refresh weights.npz and state.json from it."""
+        write_arrays(self.file(CHECKPOINT), pack_checkpoint(params, best, moments, state))
+        self.publish(params, best, state, publish_weights)
+
+    def publish(self, params, best, state, weights=True) -> None:
+        """weights.npz and state.json: copies of the checkpoint's best weights and state."""
+        if weights:
+            write_arrays(self.file(WEIGHTS), best if best is not None else params)
+        write_json(self.file(STATE), state)
+        for name in LEGACY:                          # superseded by checkpoint.npz
+            files.remove(self.file(name))
+
+
+__all__ = ["RunFolder", "read_json", "write_json", "read_arrays", "write_arrays",
+           "read_checkpoint", "pack_checkpoint", "fields_from_json", "check_out_folder",
+           "non_finite", "memory_bytes", "CONFIG", "ITEMS", "CHECKPOINT", "WEIGHTS", "STATE",
+           "METRICS", "LEGACY"]
