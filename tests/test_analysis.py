@@ -428,3 +428,59 @@ def test_labelled_user_map_and_static_explorer(tmp_path, capsys):
     assert "the [MASK] query attends most to" in printed and "title" in printed
     lines = An.mask_row_summary(*An.sequence_attention(model, [np.arange(1, 8)], k=5)[0], labels)
     assert len(lines) == 4 and lines[0].startswith("layer 1 head 1: ")
+
+
+# -- the attention command: no verdict from a few-step run; one user's labelled map ------
+
+
+def test_attention_command_refuses_a_verdict_for_a_few_step_run(tmp_path, capsys):
+    from minibert4rec import cli
+    from minibert4rec.train import TrainConfig, train
+    run = tmp_path / "few-steps"
+    train(TrainConfig(dataset="synthetic", synthetic_users=300, epochs=1, hidden=16, layers=2,
+                      heads=2, batch_size=64, threads=1, progress=False), run, log=lambda *a: None)
+    assert cli.main(["attention", "--run", str(run), "--out", str(tmp_path / "att")]) == 0
+    printed = capsys.readouterr().out
+    lines = [line for line in printed.splitlines() if line[:2] in ("a_", "b_", "c_", "d_")]
+    assert len(lines) == 4
+    assert all(An.NOT_TRAINED in line for line in lines), printed
+    assert "agrees" not in printed and "does not agree" not in printed
+    report = json.loads((tmp_path / "att" / "attention_stats.json").read_text())
+    assert report["skill"]["learned"] is False
+    assert {o["verdict"] for o in report["observations"].values()} == {An.NOT_TRAINED}
+
+
+def write_titled_data(folder, n_users=40, n_items=25, seed=0):
+    """A RecBole-style data file (.inter) and its item file (.item): titles 'Film <id>'."""
+    rng = np.random.default_rng(seed)
+    rows = ["user_id:token\titem_id:token\ttimestamp:float"]
+    for u in range(n_users):
+        for t, item in enumerate(rng.integers(1, n_items + 1, size=rng.integers(4, 14))):
+            rows.append(f"u{u}\t{item}\t{t}")
+    inter = folder / "films.inter"
+    inter.write_text("\n".join(rows) + "\n")
+    (folder / "films.item").write_text("item_id:token\tmovie_title:token_seq\n" + "".join(
+        f"{i}\tFilm {i}\n" for i in range(1, n_items + 1)))
+    return inter
+
+
+def test_attention_command_draws_one_users_map_with_titles(tmp_path, capsys):
+    from minibert4rec import cli
+    from minibert4rec.data import load_dataset
+    from minibert4rec.train import TrainConfig, train
+    data = write_titled_data(tmp_path)
+    run = tmp_path / "films-run"
+    train(TrainConfig(dataset=str(data), epochs=1, hidden=8, layers=2, heads=2, max_len=12,
+                      n_negatives=10, batch_size=32, threads=1, progress=False), run,
+          log=lambda *a: None)
+    assert cli.main(["attention", "--run", str(run), "--user", "u3", "--last", "6"]) == 0
+    printed = capsys.readouterr().out
+    history = load_dataset(str(data)).sequences[3][:-1]             # every item but the test item
+    shown = min(6, len(history) + 1)
+    assert f"user u3: {len(history)} items before the test item" in printed
+    assert printed.count("Film ") >= shown - 1 and "[MASK]" in printed
+    assert "titles from" in printed and "films.item" in printed
+    png = run / "attention" / "user_u3.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert cli.main(["attention", "--run", str(run), "--user", "nobody"]) == 2
+    assert "unknown user 'nobody'" in capsys.readouterr().err
