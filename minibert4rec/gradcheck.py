@@ -608,13 +608,24 @@ GRADE_NAMES = ("linear", "gelu", "dropout", "layernorm", "softmax", "masked_soft
 
 
 def _where(err):
-    """'line N: <source>' of the innermost frame of an exception (the student's own line)."""
+    """' (in f, line N: <source>)': the innermost line of the student's own code that raised.
+
+    Frames inside NumPy, SciPy, the standard library and this package are passed
+    over (an error deep inside np.einsum is reported at the student's call).
+    """
     import linecache
+    import os
+    import sysconfig
     import traceback
-    frames = traceback.extract_tb(err.__traceback__)
+
+    import scipy
+    frames = traceback.extract_tb(err.__traceback__)[1:]        # [0] is grade's own call
     if not frames:
         return ""
-    f = frames[-1]
+    not_theirs = tuple(os.path.dirname(os.path.abspath(m.__file__)) + os.sep for m in (np, scipy)) + (
+        os.path.abspath(sysconfig.get_paths()["stdlib"]) + os.sep, os.path.dirname(os.path.abspath(__file__)) + os.sep)
+    theirs = [f for f in frames if not os.path.abspath(f.filename).startswith(not_theirs)]
+    f = (theirs or frames)[-1]
     line = (f.line or linecache.getline(f.filename, f.lineno)).strip()
     return f" (in {f.name}, line {f.lineno}: {line})" if line else f" (in {f.name}, line {f.lineno})"
 

@@ -254,3 +254,13 @@ def test_the_result_prints_as_its_report():
 def test_an_unknown_name_lists_the_known_ones():
     with pytest.raises(ValueError, match="layernorm"):
         grade("layer_norm", Ly.layernorm_backward)
+
+
+def test_an_error_deep_in_numpy_is_reported_at_the_students_line():
+    def backward(dout, cache):
+        x, W = cache
+        dW = np.einsum("ri,rj->ij", x, dout)                      # x is 3-D: einsum raises inside NumPy
+        return dout @ W.T, dW, dout.sum(axis=(0, 1))
+    r = grade("linear", backward)
+    assert "raised ValueError" in r.report
+    assert 'np.einsum("ri,rj->ij", x, dout)' in r.report and "in backward, line" in r.report
