@@ -8,8 +8,9 @@ Reading order (the teaching path, the reference maths):
     gradcheck.py  finite-difference checks of every backward (public API)
 then data.py, cloze.py, optim.py, train.py, evaluate.py, analysis.py; cli.py is
 the command line. The fast path (a fused output head, thread and memory
-settings) lives apart in ``minibert4rec.fast``, is switched on explicitly,
-and is tested equal to the reference. Importing this package changes nothing
-in the process.
+settings) lives apart in ``minibert4rec.fast``, is switched on explicitly
+(``--kernels fast``, the command line's default for train, bench and demo; the
+library's own default is the reference), and is tested equal to it.
+Importing this package changes nothing in the process.
 """
 __version__ = "0.1.0"

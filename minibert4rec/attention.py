@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
-
 from .layers import (dropout_backward, dropout_forward, linear_backward, linear_forward,
                      masked_softmax_backward, masked_softmax_forward)
 
@@ -85,7 +83,11 @@ def split_heads(x, H):
 
 
 def merge_heads(x):
-    """(B, H, T, Dh) -> (B, T, D), the inverse of ``split_heads`` (concatenation)."""
+    """(B, H, T, Dh) -> (B, T, D), the inverse of ``split_heads`` (concatenation).
+
+    A transpose and a reshape: numbers move, none is computed, so the gradient
+    of one is the other applied to the upstream gradient.
+    """
     B, H, T, Dh = x.shape
     return x.transpose(0, 2, 1, 3).reshape(B, T, H * Dh)
 
@@ -102,43 +104,41 @@ def mha_forward(x, p, H, mask=None, dropout_p=0.0, rng=None, train=True):
     mask: additive mask, broadcastable to (B, H, T, T), or None
 
     Returns (out (B, T, D), weights (B, H, T, T), cache).
-
-    The three projections are separate parameters (as the authors' code) but
-    are computed as ONE matmul with the concatenated (D, 3D) matrix: the same
-    numbers, one pass over x instead of three.
     """
     B, T, D = x.shape
     if D % H:
         raise ValueError(f"model width D={D} is not divisible by the number of heads H={H}")
-    W_qkv = np.concatenate([p["Wq"], p["Wk"], p["Wv"]], axis=1)        # (D, 3D)
-    b_qkv = np.concatenate([p["bq"], p["bk"], p["bv"]])                # (3D,)
-    qkv, qkv_cache = linear_forward(x, W_qkv, b_qkv)                   # (B, T, 3D)
-    qkv = qkv.reshape(B, T, 3, H, D // H).transpose(2, 0, 3, 1, 4)     # (3, B, H, T, Dh)
-    q, k, v = qkv[0], qkv[1], qkv[2]                                   # (B, H, T, Dh) views
+    q, c_q = linear_forward(x, p["Wq"], p["bq"])                       # (B, T, D) each
+    k, c_k = linear_forward(x, p["Wk"], p["bk"])
+    v, c_v = linear_forward(x, p["Wv"], p["bv"])
+    q, k, v = split_heads(q, H), split_heads(k, H), split_heads(v, H)  # (B, H, T, Dh) each
     heads, weights, att_cache = attention_forward(q, k, v, mask, dropout_p, rng, train)
     concat = merge_heads(heads)                                        # (B, T, D)
-    out, out_cache = linear_forward(concat, p["Wo"], p["bo"])          # (B, T, D)
-    return out, weights, (qkv_cache, att_cache, out_cache, H)
+    out, c_o = linear_forward(concat, p["Wo"], p["bo"])                # (B, T, D)
+    return out, weights, (c_q, c_k, c_v, att_cache, c_o, H)
 
 
 def mha_backward(dout, cache):
     """dout: (B, T, D) -> (dx (B, T, D), grads {Wq, bq, Wk, bk, Wv, bv, Wo, bo}).
 
-    Backwards through the forward: the output projection (a linear layer),
-    merge_heads (a reshape: its gradient is split_heads of dconcat), attention,
-    then the three projections, done as one linear layer with the (D, 3D)
-    matrix [Wq | Wk | Wv], whose gradient splits back into three (D, D) parts.
+    Backwards through the forward, one line at a time:
+      out = concat Wo + bo            -> linear_backward gives dconcat, dWo, dbo
+      concat = merge_heads(heads)     -> a pure re-arrangement of numbers: its gradient
+                                         is the inverse re-arrangement, split_heads(dconcat)
+      heads = attention(q, k, v)      -> attention_backward gives dq, dk, dv per head
+      q = split_heads(x Wq + bq), ... -> merge the heads back, then each projection's
+                                         linear_backward; x fed all three, so dx is their sum
+    (dbk is exactly 0: the terms q.bk add the same constant to a whole row of
+    scores, which softmax ignores. A finite-difference check sees only round-off there.)
     """
-    qkv_cache, att_cache, out_cache, H = cache
-    B, T, D = dout.shape
-    dconcat, dWo, dbo = linear_backward(dout, out_cache)               # (B, T, D)
+    c_q, c_k, c_v, att_cache, c_o, H = cache
+    dconcat, dWo, dbo = linear_backward(dout, c_o)                     # (B, T, D)
     dheads = split_heads(dconcat, H)                                   # (B, H, T, Dh)
     dq, dk, dv = attention_backward(dheads, att_cache)                 # (B, H, T, Dh) each
-    dqkv = np.stack([dq, dk, dv])                                      # (3, B, H, T, Dh)
-    dqkv = dqkv.transpose(1, 3, 0, 2, 4).reshape(B, T, 3 * D)          # (B, T, 3D)
-    dx, dW_qkv, db_qkv = linear_backward(dqkv, qkv_cache)
-    dWq, dWk, dWv = np.split(dW_qkv, 3, axis=1)
-    dbq, dbk, dbv = np.split(db_qkv, 3)
+    dx_q, dWq, dbq = linear_backward(merge_heads(dq), c_q)             # (B, T, D)
+    dx_k, dWk, dbk = linear_backward(merge_heads(dk), c_k)
+    dx_v, dWv, dbv = linear_backward(merge_heads(dv), c_v)
+    dx = dx_q + dx_k + dx_v
     grads = {"Wq": dWq, "bq": dbq, "Wk": dWk, "bk": dbk, "Wv": dWv, "bv": dbv,
              "Wo": dWo, "bo": dbo}
     return dx, grads

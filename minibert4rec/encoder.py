@@ -68,6 +68,7 @@ def residual_layernorm_forward(x, y, gamma, beta, dropout_p=0.0, rng=None, train
 def residual_layernorm_backward(dout, cache):
     """dout: (B, T, D) -> (dx (B, T, D), dy (B, T, D), dgamma (D,), dbeta (D,)).
 
+    forward: s = x + Dropout(y), out = LN(s); ds = LayerNorm's input gradient.
     The residual sum copies its gradient to both branches: dx gets ds directly,
     dy gets it through the dropout mask. The caller ADDS dx to the gradient
     that flows back through the sublayer itself.

@@ -17,6 +17,8 @@ forward, in the order the forward takes them: ``linear_backward`` gives
 call reads ``(dx,) = ...``). Integer ids, masks, options and fixed tables get
 no gradient. Where the forward takes a dict of parameters (attention, the
 encoder block), its gradient is a dict with the same keys: ``(dx, dparams)``.
+Forwards return ``(out, cache)``; the attention layers return
+``(out, weights, cache)``, the attention weights being what the heat-maps show.
 
 The layers, in the order a course meets them
 --------------------------------------------
@@ -42,9 +44,9 @@ Axis letters (used in every shape comment of the package)
     L   encoder layers
 
 Every function is plain whole-array NumPy and works in float32 (training) and
-float64 (gradient checks): the output dtype follows the input dtype. Faster
-versions of some of them (same signatures, tested equal) live apart, in
-``minibert4rec.fast``; nothing here imports them.
+float64 (gradient checks): the output dtype follows the input dtype. The
+speed tricks of training (a fused output head, thread and memory settings)
+live apart in ``minibert4rec.fast``, tested equal; nothing here imports them.
 """
 from __future__ import annotations
 
@@ -152,8 +154,8 @@ def masked_softmax_forward(scores, mask):
 
     A row whose keys are ALL masked does not produce NaN: every entry is
     shifted by the same -10000, which the max-subtraction removes, so the row
-    becomes the ordinary softmax of its raw scores (it attends over the padded
-    keys). Such rows only occur for padded queries, whose outputs never reach
+    becomes (up to float32's rounding of scores - 10000) the ordinary softmax of
+    its raw scores (it attends over the padded keys). Such rows only occur for padded queries, whose outputs never reach
     the loss. (With -inf instead of -10000 they would be 0/0 = NaN.)
     """
     z = scores if mask is None else scores + mask
@@ -272,6 +274,9 @@ def dropout_forward(x, p, rng=None, train=True):
         raise ValueError(f"dropout probability must be in [0, 1), got {p}")
     if not train or p == 0.0:
         return x, None
+    if rng is None:
+        raise ValueError("dropout in training mode needs a random generator: pass rng "
+                         "(numpy.random.default_rng(seed)) or train=False")
     keep = rng.random(x.shape, dtype=np.float32) >= p              # (...) bool, True = kept
     scale = x.dtype.type(1.0 / (1.0 - p))
     return x * keep * scale, (keep, scale)                          # 0 or x / (1-p)

@@ -35,7 +35,7 @@ from .layers import (additive_mask, dropout_backward, dropout_forward, embedding
                      embedding_forward, gelu_backward, gelu_forward, layernorm_backward,
                      layernorm_forward, learned_position_backward, learned_position_forward,
                      linear_backward, linear_forward, sinusoidal_position_backward,
-                     sinusoidal_position_forward, sinusoidal_table, softmax_forward)
+                     sinusoidal_position_forward, sinusoidal_table)
 
 PAD = 0
 LOSS_EPS = 1e-5   # the authors' denominator: sum(weights) + 1e-5
@@ -107,7 +107,8 @@ def truncated_normal(rng, shape, std, dtype):
 
 
 def init_params(cfg: Config, seed=0, dtype=np.float32) -> dict:
-    """All trainable parameters by name: weights truncated normal (std 0.02), biases 0, LN gamma 1."""
+    """All trainable parameters by name: weights truncated normal (std cfg.init_std, 0.02),
+    biases 0, LayerNorm gamma 1."""
     rng = np.random.default_rng(seed)
     V, N, D, F = cfg.vocab_size, cfg.max_len, cfg.hidden, cfg.ffn
     tn = lambda *shape: truncated_normal(rng, shape, cfg.init_std, dtype)  # noqa: E731
@@ -201,13 +202,20 @@ def cross_entropy_forward(logits, targets, weights=None):
 
     logits: (M, V)   targets: (M,) int   weights: (M,) 1.0 = real slot, 0.0 = padding slot
     loss = sum_m w_m * -log softmax(logits_m)[target_m] / (sum_m w_m + 1e-5)   (the authors')
+
+    -log softmax(z)[t] = log sum_v exp(z_v) - z_t, computed after subtracting the
+    row maximum: exact even when the target's probability is too small for the
+    float type (taking the log of the softmax would give log 0 there).
     """
     if weights is None:
         weights = np.ones(len(targets), dtype=logits.dtype)
-    probs, _ = softmax_forward(logits)                                      # (M, V)
-    p_target = probs[np.arange(len(targets)), targets]                      # (M,)
+    rows = np.arange(len(targets))
+    z = logits - logits.max(axis=-1, keepdims=True)                         # (M, V), row max 0
+    e = np.exp(z)                                                           # (M, V)
+    total = e.sum(axis=-1)                                                  # (M,) >= 1
+    probs = e / total[:, None]                                              # softmax (M, V)
+    nll = np.log(total) - z[rows, targets]                                  # -log p[target], (M,)
     denom = weights.sum() + LOSS_EPS
-    nll = -np.log(np.maximum(p_target, np.finfo(logits.dtype).tiny))
     loss = float(np.sum(weights * nll) / denom)
     return loss, (probs, targets, weights, denom)
 
@@ -235,9 +243,9 @@ def output_loss(n, E, out_bias, targets, weights=None):
     Returns (loss, dn (M, D), dE (V, D), dout_bias (V,)), the gradients for dloss = 1.
 
     Nothing new: the two layer pairs above, run forward and then backward.
-    The (M, V) logits and probabilities are formed whole (M x V floats: 1.4 GB
-    in float32 for a large Beauty batch). ``minibert4rec.fast.fused_output_loss``
-    computes the same numbers tile by tile without them, and is tested equal.
+    The (M, V) logits, probabilities and dlogits are formed whole (M x V floats
+    each: 1.4 GB in float32 for a large Beauty batch). The fast path's
+    ``fused_output_loss`` computes the same numbers (up to rounding) tile by tile.
     """
     logits, c_logits = tied_logits_forward(n, E, out_bias)            # (M, V)
     loss, c_ce = cross_entropy_forward(logits, targets, weights)
@@ -309,7 +317,11 @@ class BERT4Rec:
         return x, (c_emb, c_pos, c_ln, c_drop, block_caches)
 
     def encode_backward(self, dh, cache, grads):
-        """dh: (B, T, D) -> accumulates every encoder gradient into ``grads`` (by name)."""
+        """dh: (B, T, D) -> writes every encoder gradient into ``grads`` (by name).
+
+        ``grads["item_emb"]`` must already hold the output layer's share of the
+        tied item table's gradient: the lookup's share is added to it. Returns None.
+        """
         cfg = self.cfg
         c_emb, c_pos, c_ln, c_drop, block_caches = cache
         dx = dh

@@ -250,3 +250,16 @@ def test_gelu_uses_the_exact_erf_in_every_dtype(dtype):
     exact = x.astype(np.float64) * 0.5 * (1 + erf(x.astype(np.float64) / math.sqrt(2)))
     assert out.dtype == dtype
     assert np.max(np.abs(out - exact)) <= (1e-15 if dtype == np.float64 else 2e-6) * 8
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_cross_entropy_is_exact_when_the_target_probability_underflows(dtype):
+    """-log p[target] = logsumexp(z) - z[target], even when p[target] is below the float's range."""
+    logits = np.array([[0.0, 1000.0, 3.0], [2.0, -1.0, 0.5]], dtype=dtype)
+    targets = np.array([0, 2])
+    loss, cache = Mo.cross_entropy_forward(logits, targets)
+    z = logits.astype(np.float64)
+    lse = z.max(1) + np.log(np.exp(z - z.max(1, keepdims=True)).sum(1))
+    expected = (lse - z[[0, 1], targets]).sum() / (2 + Mo.LOSS_EPS)
+    assert loss == pytest.approx(expected, rel=1e-6)
+    assert loss > 400                                   # 1000 / 2: not capped at -log(tiny) / 2

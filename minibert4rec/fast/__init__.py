@@ -4,9 +4,10 @@ The reference path (``layers``, ``attention``, ``encoder``, ``model``) is the
 maths, in plain whole-array NumPy, and never imports this package. The fast
 path builds on it and swaps in, where it pays:
 
-    head.fused_output_loss   the output head's loss and gradients tile by tile,
-                             without the (M, V) logits (~85 % of a Beauty step);
-                             same arguments and numbers as model.output_loss
+    head.fused_output_loss   the output head's loss and gradients tile by tile, in
+                             one pass over the logits (~85 % of a Beauty step);
+                             same arguments as model.output_loss, same numbers
+                             up to rounding
     threads                  BLAS thread count, the head's two-thread split,
                              OpenBLAS's spin time, malloc keeping freed memory
 
@@ -16,7 +17,10 @@ Nothing here happens on import. It is switched on explicitly:
     python -m minibert4rec train --kernels fast         # the default of train, bench, demo
 
 ``enable()`` applies the process-wide settings; ``build_model`` calls it for
-"fast". Tests check every fast function against its reference.
+"fast". OpenBLAS's short spin takes effect only if set before NumPy is first
+imported: the command line does that; in your own script call ``enable()``
+before importing NumPy or anything that imports it. Tests check every fast
+function against its reference.
 
 This ``__init__`` imports no NumPy (the fused head is loaded on first use), so
 that ``python -m minibert4rec`` can set OpenBLAS's spin time before NumPy
@@ -53,12 +57,13 @@ def output_loss_for(kernels: str):
 
 def build_model(cfg, params=None, seed=0, dtype=None, kernels="fast"):
     """BERT4Rec with the given kernels ("fast" also calls ``enable()``)."""
+    check_kernels(kernels)
+    if kernels == "fast":
+        enable()                        # first: NumPy may not be loaded yet (the spin)
     import numpy as np
 
     from ..model import BERT4Rec
     loss = output_loss_for(kernels)
-    if kernels == "fast":
-        enable()
     return BERT4Rec(cfg, params, seed=seed, dtype=dtype or np.float32, output_loss=loss)
 
 

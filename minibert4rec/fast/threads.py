@@ -156,7 +156,7 @@ def blas_thread_limit(n):
                            "set OPENBLAS_NUM_THREADS before starting Python instead")
     global SPLIT_THREADS
     before = int(lib[0]()) if lib else None
-    before_ew = SPLIT_THREADS
+    before_split = SPLIT_THREADS
     try:
         if lib:
             lib[1](int(n))
@@ -165,7 +165,7 @@ def blas_thread_limit(n):
     finally:
         if lib:
             lib[1](before)
-        SPLIT_THREADS = before_ew
+        SPLIT_THREADS = before_split
 
 
 def run_split_blas(work, items):
