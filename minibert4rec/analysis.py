@@ -19,8 +19,9 @@ be checked instead of eyeballed:
     observations(stats, stats_causal, skill) -> the four claims, True/False + evidence + verdict
     write_attention_report(avg, out_dir)     -> figure2.png + attention_stats.json
     attention_over_training(tcfg, run_dir)   -> the statistics after every epoch of a run
+    claim_numbers(stats)                     -> per claim, the number its rule tests
     stability(records)                       -> which claims hold throughout, which come and go
-    sequence_attention / write_user_attention / explore_attention
+    titled_model / sequence_attention / write_user_attention / explore_attention
                                              -> one user's map, labelled with item titles
 
 A map is only worth reading if the model learned something: an untrained
@@ -571,6 +572,30 @@ def attention_over_training(tcfg, run_dir, k=10, log=None):
     return records
 
 
+def claim_numbers(stats):
+    """The one number per claim that its rule compares with a threshold.
+
+    Returns {claim name: (value, threshold)}; without a causal model a claim
+    holds exactly when value > threshold (``observations``):
+      a  min(max_h (left - right), max_h (right - left)) over layer-1 heads:
+         above MARGIN only if one head looks left AND another right
+      b  recent_mass[layer 2] - recent_mass[layer 1]        (None for one layer)
+      c  mean layer-1 mask_column_mass - uniform_share (1/k)
+      d  mean over layers of right_of_diagonal_mass, threshold BOTH_SIDES_MIN
+    Handy for following the claims over training (one curve per claim).
+    """
+    left, right = np.array(stats["left_mass"][0]), np.array(stats["right_mass"][0])
+    recent = stats["recent_mass"]
+    return {"a_heads_look_in_different_directions":
+                (float(min((left - right).max(), (right - left).max())), MARGIN),
+            "b_layer2_more_recent_than_layer1":
+                (float(recent[1] - recent[0]) if len(recent) > 1 else None, MARGIN),
+            "c_layer1_attends_to_mask":
+                (float(np.mean(stats["mask_column_mass"][0]) - stats["uniform_share"]), MARGIN),
+            "d_attends_both_sides":
+                (float(np.mean(stats["right_of_diagonal_mass"])), BOTH_SIDES_MIN)}
+
+
 def stability(records):
     """Which claims hold throughout training and across seeds, which come and go.
 
@@ -665,6 +690,55 @@ def mask_row_summary(A, ids, labels, n=3):
     return lines
 
 
+def titled_model(work_dir, dataset="ml-100k", run_dir=None, users=None, data_dir=None,
+                 log=None, **settings):
+    """A trained model whose items have titles, for labelled attention maps.
+
+    run_dir: a finished run (its metrics.json written) to use as it is; when
+        it is None or unfinished, a model is trained into ``work_dir``/run:
+    dataset: a named data set with an item file (default MovieLens-100K, whose
+        titles come from ``ml-100k.item``); users: keep only its first n users
+        (written to ``work_dir`` as a RecBole .inter file, so a model trains in
+        seconds); settings: TrainConfig fields (epochs, hidden, ...) on top of
+        the data set's preset. Without the data set's file the synthetic data
+        is used instead, labelled by item id (the message goes to ``log``).
+    Returns (model, Dataset the model was trained on, labels (one per
+    vocabulary id, ``data.item_labels``), run directory).
+    """
+    import os
+
+    from .data import item_labels, item_titles, load_dataset
+    from .train import PRESETS, TrainConfig, dataset_of, load_run, train
+    quiet = log or (lambda *args: None)
+    if run_dir is None or not os.path.exists(os.path.join(run_dir, "metrics.json")):
+        try:
+            full = load_dataset(dataset, data_dir)
+        except FileNotFoundError as err:
+            quiet(f"{err}\n-> training on the synthetic data instead: items are labelled by id")
+            source, preset = "synthetic", {}
+        else:
+            source, preset = dataset, dict(PRESETS.get(dataset, {}))
+            if users is not None and users < full.n_users:
+                source = os.path.join(work_dir, f"{dataset}_{users}_users.inter")
+                rows = ["user_id:token\titem_id:token\ttimestamp:float"]
+                for u in range(users):
+                    rows += [f"{full.raw_user_ids[u]}\t{raw}\t{t}" for t, raw in
+                             enumerate(full.decode_items(full.sequences[u]))]
+                with open(source, "w") as f:
+                    f.write("\n".join(rows) + "\n")
+        run_dir = os.path.join(work_dir, "run")
+        train(TrainConfig(dataset=source, data_dir=data_dir, progress=False,
+                          **{**preset, **settings}), run_dir, log=quiet)
+        titles = {} if source == "synthetic" else item_titles(dataset, data_dir)
+    else:
+        titles = None
+    model, tcfg, _ = load_run(run_dir)
+    ds = dataset_of(tcfg)
+    if titles is None:
+        titles = item_titles(tcfg.dataset, tcfg.data_dir)
+    return model, ds, item_labels(ds, titles), run_dir
+
+
 def widgets_available():
     """True inside a Jupyter front end that can show ipywidgets sliders.
 
@@ -745,8 +819,9 @@ def explore_attention(model, histories, labels, names=None, k=10, interactive=No
 __all__ = ["last_k_sum", "last_k_attention", "collect_attention", "direction_shares",
            "head_difference", "recent_shares", "attention_stats", "observations", "verdict",
            "learned_enough", "describe_skill", "skill_of_run", "attention_over_training",
+           "claim_numbers",
            "stability", "sequence_attention", "write_user_attention", "mask_row_summary",
-           "explore_attention", "widgets_available",
+           "explore_attention", "widgets_available", "titled_model",
            "window_labels", "write_attention_report", "RECENT", "BOTH_SIDES_MIN", "CAUSAL_MAX",
            "MARGIN", "ROW_TOL", "SKILL_METRIC", "SKILL_SAMPLED_MARGIN", "SKILL_FULL_MARGIN",
            "NOT_TRAINED", "NOT_CHECKED", "AGREES", "DISAGREES", "UNDECIDED"]

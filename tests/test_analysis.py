@@ -484,3 +484,17 @@ def test_attention_command_draws_one_users_map_with_titles(tmp_path, capsys):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert cli.main(["attention", "--run", str(run), "--user", "nobody"]) == 2
     assert "unknown user 'nobody'" in capsys.readouterr().err
+
+
+def test_claim_numbers_cross_their_thresholds_exactly_when_the_claims_hold():
+    rng = np.random.default_rng(8)
+    cases = [np.stack([np.stack([left_head(), right_head()]), np.stack([recent_head()] * 2)]),
+             np.stack([np.stack([mask_head(), left_head()]), np.stack([uniform_head()] * 2)]),
+             random_maps(rng, 2, 3), random_maps(rng, 3, 2, causal=True)]
+    for maps in cases:
+        s = An.attention_stats(maps)
+        obs, numbers = An.observations(s), An.claim_numbers(s)
+        for name, (value, threshold) in numbers.items():
+            assert (value > threshold) == obs[name]["holds"], name
+    one_layer = An.attention_stats(random_maps(rng, 1, 2))
+    assert An.claim_numbers(one_layer)["b_layer2_more_recent_than_layer1"][0] is None
