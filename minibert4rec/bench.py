@@ -54,7 +54,6 @@ from .fast.head import fused_output_loss
 from .fast.threads import blas_thread_limit, blas_threads  # noqa: F401  (re-exported)
 from .fast.threads import memory_kept
 from .model import BERT4Rec, Config
-from .optim import AdamWeightDecay
 
 # ----------------------------------------------------------------------------
 # Configurations and their synthetic data
@@ -168,7 +167,7 @@ def build_model(cfg, seed=0, kernels="fast"):
     mcfg = Config(**{k: cfg[k] for k in _MODEL_KEYS if k in cfg})
     # the process-wide settings of the fast path are run_benchmark's business (keep_memory)
     model = BERT4Rec(mcfg, seed=seed, dtype=np.float32, output_loss=fast.output_loss_for(kernels))
-    opt = AdamWeightDecay(model.params, lr=1e-3, warmup=100, total_steps=10_000)
+    opt = fast.optimizer_for(kernels)(model.params, lr=1e-3, warmup=100, total_steps=10_000)
     return model, opt
 
 

@@ -47,7 +47,6 @@ from .errors import InputError
 from .fast import KERNELS
 from .fast.threads import blas_thread_limit
 from .model import BERT4Rec, Config
-from .optim import AdamWeightDecay
 
 FORMAT_VERSION = 1
 
@@ -639,7 +638,7 @@ def _train_loop(tcfg, mcfg, ds, split, sampler, steps_per_epoch, valid_neg, fold
         params, best_params, moments, state, legacy = checkpoint
         model = BERT4Rec(mcfg, params={k: v.astype(np.float32, copy=False) for k, v in params.items()})
     model.output_loss = fast.output_loss_for(tcfg.kernels)     # the same numbers either way
-    opt = AdamWeightDecay(model.params, lr=tcfg.lr, weight_decay=tcfg.weight_decay,
+    opt = fast.optimizer_for(tcfg.kernels)(model.params, lr=tcfg.lr, weight_decay=tcfg.weight_decay,
                           warmup=tcfg.warmup, total_steps=steps_per_epoch * tcfg.decay_epochs,
                           clip_norm=tcfg.clip_norm)
     popularity = ds.popularity()

@@ -242,3 +242,32 @@ def test_gradcheck_passes_on_both_paths():
         results = suite(seed=1, kernels=kernels)
         assert results and all(r.passed for r in results), [r for r in results if not r.passed]
         assert any(r.component == f"14 output loss (training path, {kernels})" for r in results)
+
+
+# --- the blocked optimizer update
+
+
+@pytest.mark.parametrize("n_threads", [1, 2])
+def test_blocked_optimizer_update_equals_the_reference_bit_for_bit(monkeypatch, n_threads):
+    from minibert4rec.fast import optim as Fo
+    from minibert4rec.optim import AdamWeightDecay
+    monkeypatch.setattr(Ft, "SPLIT_THREADS", n_threads)
+    monkeypatch.setattr(Fo, "BLOCK_ELEMENTS", 1000)          # 78 blocks of the table, the last ragged
+    r = np.random.default_rng(0)
+    params = {"item_emb": r.standard_normal((1101, 70)).astype(np.float32),
+              "layer0.bq": r.standard_normal(70).astype(np.float32)}          # small: whole
+    grads = [{k: r.standard_normal(v.shape).astype(np.float32) for k, v in params.items()}
+             for _ in range(3)]
+    runs = []
+    for cls in (AdamWeightDecay, Fo.BlockedAdamWeightDecay):
+        p = {k: v.copy() for k, v in params.items()}
+        opt = cls(p, lr=0.1, warmup=0, total_steps=10, clip_norm=1.0)
+        for g in grads:
+            opt.step(p, {k: v.copy() for k, v in g.items()})
+        runs.append((p, opt.m, opt.v))
+    for (p1, m1, v1), (p2, m2, v2) in [runs]:
+        for k in params:
+            for a, b in ((p1[k], p2[k]), (m1[k], m2[k]), (v1[k], v2[k])):
+                np.testing.assert_array_equal(a, b)
+    assert fast.optimizer_for("fast") is Fo.BlockedAdamWeightDecay
+    assert fast.optimizer_for("reference") is AdamWeightDecay

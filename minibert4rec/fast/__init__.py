@@ -8,6 +8,9 @@ path builds on it and swaps in, where it pays:
                              one pass over the logits (~85 % of a Beauty step);
                              same arguments as model.output_loss, same numbers
                              up to rounding
+    optim.BlockedAdamWeightDecay
+                             the optimizer's update in cache-sized blocks on two
+                             threads; bit for bit the reference's
     threads                  BLAS thread count, the head's two-thread split,
                              OpenBLAS's spin time, malloc keeping freed memory
 
@@ -53,6 +56,16 @@ def output_loss_for(kernels: str):
         return output_loss
     from .head import fused_output_loss
     return fused_output_loss
+
+
+def optimizer_for(kernels: str):
+    """The optimizer class of a kernel set: optim.AdamWeightDecay or its blocked version."""
+    check_kernels(kernels)
+    if kernels == "reference":
+        from ..optim import AdamWeightDecay
+        return AdamWeightDecay
+    from .optim import BlockedAdamWeightDecay
+    return BlockedAdamWeightDecay
 
 
 def build_model(cfg, params=None, seed=0, dtype=None, kernels="fast"):
