@@ -597,6 +597,7 @@ def _run(cfg, steps, warmup, seed, progress, profile, inference, peak, inference
         result["tricks"] = compare_tricks(model, batches, drop_rng, progress)
         ref = result["tricks"][0]
         result["reference_sequences_per_s"] = ref["sequences_per_s"]
+        result["optimizer_tricks"] = compare_optimizers(model, batches[0], drop_rng, repeats=steps)
 
     # -- inference: score_next over the whole vocabulary, evaluation's batches
     if inference:
@@ -660,10 +661,35 @@ def _run(cfg, steps, warmup, seed, progress, profile, inference, peak, inference
     return result
 
 
+def compare_optimizers(model, batch, rng, repeats=10) -> list:
+    """Time of one AdamWeightDecay update of every parameter: whole arrays (reference) and in
+    blocks on two threads (fast), interleaved, on copies of the weights (the model's stay).
+
+    Rows {"trick", "update_ms" (median), "speedup" (median of reference / this)}.
+    """
+    from .fast.optim import BlockedAdamWeightDecay
+    from .optim import AdamWeightDecay
+    _, grads = model.loss_and_grads(batch.ids, batch.sel, batch.targets, rng=rng, train=True)
+    copies = {cls: {k: v.copy() for k, v in model.params.items()}
+              for cls in (AdamWeightDecay, BlockedAdamWeightDecay)}
+    opts = {cls: cls(p, clip_norm=0) for cls, p in copies.items()}
+    times = {cls: [] for cls in opts}
+    for _ in range(max(3, repeats)):
+        for cls, opt in opts.items():
+            t0 = time.perf_counter()
+            opt.step(copies[cls], grads)
+            times[cls].append(time.perf_counter() - t0)
+    ref = np.array(times[AdamWeightDecay])
+    labels = {AdamWeightDecay: "reference: optimizer update, whole arrays",
+              BlockedAdamWeightDecay: "blocked optimizer update, two threads"}
+    return [{"trick": labels[cls], "update_ms": float(1e3 * np.median(t)),
+             "speedup": float(np.median(ref / np.array(t)))} for cls, t in times.items()]
+
+
 #: The tricks of the fast path, in the order they are switched on (see compare_tricks).
 TRICKS = (
     ("reference: plain output loss, (M, V) logits formed whole", "reference"),
-    ("fused tiled head: logits never formed, exp in the cache", "fused, one group"),
+    ("fused tiled head: one pass over the logits, exp in the cache", "fused, one group"),
     ("+ head tiles on two threads, one BLAS thread each", "fused, two groups"),
 )
 
@@ -849,12 +875,14 @@ def format_report(r: dict) -> str:
     width = max(len(k) for k, _ in rows)
     out += [f"{k:<{width}s}  {v}" for k, v in rows]
     if r.get("tricks"):
-        out += ["", "what each trick buys (forward + backward of the same batches, interleaved; "
-                    "median over batches):"]
+        out += ["", "what each trick buys (forward + backward of the same batches, interleaved, "
+                    "median over batches; the optimizer rows: one update of every parameter):"]
         w = max(len(t["trick"]) for t in r["tricks"])
         out += [f"{'trick':<{w}s} {'ms/step':>9s} {'seq/s':>8s} {'speed-up':>9s}"]
         out += [f"{t['trick']:<{w}s} {t['step_ms']:9.1f} {t['sequences_per_s']:8.0f} "
                 f"{t['speedup']:8.2f}x" for t in r["tricks"]]
+        for t in r.get("optimizer_tricks", []):
+            out.append(f"{t['trick']:<{w}s} {t['update_ms']:9.1f} {'':8s} {t['speedup']:8.2f}x")
     if r.get("components"):
         ps = r["profiled_step_ms"]["median"]
         out += ["", f"where the time goes (exclusive ms per step, mean over the profiled steps; "

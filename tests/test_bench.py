@@ -99,6 +99,10 @@ def test_tricks_table_times_the_reference_path_and_each_fast_trick(result):
         assert t["step_ms"] > 0 and t["sequences_per_s"] > 0 and t["speedup"] > 0
     assert result["reference_sequences_per_s"] == tricks[0]["sequences_per_s"]
     assert result["kernels"] == "fast"
+    opt = result["optimizer_tricks"]
+    assert [o["trick"] for o in opt] == ["reference: optimizer update, whole arrays",
+                                         "blocked optimizer update, two threads"]
+    assert all(o["update_ms"] > 0 and o["speedup"] > 0 for o in opt) and opt[0]["speedup"] == 1.0
     report = bench.format_report(result)
     assert "what each trick buys" in report and tricks[1]["trick"] in report
 
