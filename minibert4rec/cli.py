@@ -93,6 +93,16 @@ def cmd_train(args) -> int:
     if not run_dir:
         run_dir = f"runs/{os.path.basename(str(args.dataset or 'synthetic')).split('.')[0]}"
     tcfg = _train_config(args)
+    if args.resume and os.path.isdir(run_dir) and os.path.exists(os.path.join(run_dir, "config.json")):
+        # epochs, threads and kernels not given: the run's own (it computes as it did)
+        from dataclasses import replace
+        from .train import read_run_config
+        saved = read_run_config(run_dir)[1]
+        defaults = {a.dest: a.default for a in args.parser._actions}
+        tcfg = replace(tcfg, epochs=args.epochs,          # None: up to the run's own --epochs
+                       threads=saved.threads if args.threads is None else args.threads,
+                       kernels=(saved.kernels if args.kernels == defaults["kernels"]
+                                else args.kernels))
     metrics = train(tcfg, run_dir, resume=bool(args.resume), overwrite=args.overwrite)
     if metrics is None:                       # Ctrl-C: checkpoint saved, nothing to report
         return 130
@@ -109,21 +119,30 @@ def cmd_train(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
+    import contextlib
+    from .runs import METRICS, RunFolder, read_json
     from .train import check_same_data, dataset_of, load_run, popularity_metrics, test_metrics
-    model, tcfg, _ = load_run(args.run)
-    if args.data_dir:
-        tcfg.data_dir = args.data_dir
-    ds = dataset_of(tcfg)
-    check_same_data(model, ds, args.run)
-    seed = tcfg.seed if args.negatives_seed is None else args.negatives_seed
-    if args.save and seed != tcfg.seed:
-        raise InputError("--save keeps metrics.json comparable with the run's own: it cannot be "
-                         "combined with --negatives-seed")
-    metrics = test_metrics(model, ds, protocol=args.protocol, seed=seed, progress=not args.json,
-                           n_negatives=tcfg.n_negatives)
-    if args.save:                             # one protocol updates its block, keeps the other
-        from .runs import METRICS, RunFolder, read_json
-        with RunFolder.open(args.run, what="save metrics into") as folder:   # one writer
+    with contextlib.ExitStack() as stack:
+        # --save writes into the run folder: take it first (one writer), so that a folder in
+        # use is reported at once, not after the evaluation
+        folder = (stack.enter_context(RunFolder.open(args.run, what="save metrics into"))
+                  if args.save else None)
+        if folder is not None and not os.access(args.run, os.W_OK):     # say so before the work
+            from .files import cannot_write
+            raise cannot_write(os.path.join(args.run, METRICS),
+                               PermissionError(13, "Permission denied"))
+        model, tcfg, _ = load_run(args.run)
+        if args.data_dir:
+            tcfg.data_dir = args.data_dir
+        ds = dataset_of(tcfg)
+        check_same_data(model, ds, args.run)
+        seed = tcfg.seed if args.negatives_seed is None else args.negatives_seed
+        if args.save and seed != tcfg.seed:
+            raise InputError("--save keeps metrics.json comparable with the run's own: it cannot "
+                             "be combined with --negatives-seed")
+        metrics = test_metrics(model, ds, protocol=args.protocol, seed=seed,
+                               progress=not args.json, n_negatives=tcfg.n_negatives)
+        if folder is not None:                # one protocol updates its block, keeps the other
             path = folder.file(METRICS)
             saved = read_json(path) if os.path.exists(path) else {}
             if not isinstance(saved, dict):
@@ -288,6 +307,10 @@ def cmd_demo(args) -> int:
     tcfg = TrainConfig(**DEMO, seed=args.seed, progress=not args.no_progress, kernels=args.kernels)
     run_dir = args.run_dir
     out = args.out or run_dir
+    for folder in {run_dir, out}:             # before minutes of training, not after
+        if os.path.lexists(folder) and not os.path.isdir(folder):
+            raise InputError(f"{folder}: exists and is not a folder: choose another "
+                             f"{'--run-dir' if folder == run_dir else '--out'}")
     print("Training a small BERT4Rec on the embedded synthetic data (items follow hidden "
           "chains; see minibert4rec.data.synthetic) ...")
     metrics = train(tcfg, run_dir, overwrite=True)   # the demo's own folder: a new demo each time
@@ -396,8 +419,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", metavar="RUN_DIR", help="run directory (default runs/DATASET)")
     p.add_argument("--resume", metavar="RUN_DIR",
                    help="continue the run in RUN_DIR from its last checkpoint, with its own "
-                        "settings; takes only --epochs (default: the run's), --minutes, "
-                        "--threads, --kernels, --data-dir, --no-progress")
+                        "settings; takes only --epochs, --threads, --kernels (default: the "
+                        "run's), --minutes, --data-dir, --no-progress")
     p.add_argument("--overwrite", action="store_true",
                    help="replace the run already in --out (without it, a used folder is refused)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")

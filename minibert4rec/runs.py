@@ -197,53 +197,104 @@ def _npz_headers(path, zf, size):
     return headers
 
 
-def read_arrays(path, expected=None, select=None, kinds="fiub", what="checkpoint file") -> dict:
-    """The arrays of a .npz file, checked before they are read. Never unpickles.
+# A hostile or damaged zip can make zipfile, zlib or numpy's header parser fail in many
+# ways (BadZipFile, zlib.error, struct.error, ValueError, EOFError, ...): all mean "corrupt".
+_CORRUPT = Exception
+
+
+class Npz:
+    """An open .npz file whose array headers are read and checked; data read on demand.
+
+    ``Npz(path)`` checks that the file is a zip of plain arrays (no pickle), that
+    every array's header is sound and its bytes are all there, and that the
+    whole fits in memory; ``shapes`` then maps names to shapes. ``check`` holds
+    the names, shapes and number types to what a caller expects; ``read``
+    loads arrays (verifying their checksums). Every problem is an InputError
+    naming the file; use it as a context manager.
+    """
+
+    def __init__(self, path, what="checkpoint file"):
+        self.path = os.fspath(path)
+        self._file = _open_for_reading(self.path, what)
+        self._zip = None
+        try:
+            magic = self._file.read(2)
+            if magic not in (b"PK", b"\x80", b""):       # a zip; \x80 opens a pickle
+                raise InputError(f"{self.path}: not a checkpoint file (a .npz zip archive of "
+                                 f"arrays); it starts with {magic!r}")
+            if magic == b"\x80":
+                raise InputError(f"{self.path}: refusing to load: the file contains Python objects "
+                                 f"(pickle), which could run code; checkpoints hold plain arrays only")
+            size = os.fstat(self._file.fileno()).st_size
+            self._file.seek(0)
+            with self._corrupt():
+                self._zip = zipfile.ZipFile(self._file)
+                self._headers = _npz_headers(self.path, self._zip, size)
+            total = sum(math.prod(s) * d.itemsize for _, s, d in self._headers.values())
+            if total > memory_bytes():
+                raise InputError(f"{self.path}: its arrays would need {total / 2**30:.1f} GiB, "
+                                 f"more than this machine's memory: not a checkpoint of this program")
+        except BaseException:
+            self.close()
+            raise
+        self.shapes = {name: shape for name, (_, shape, _) in self._headers.items()}
+        self.dtypes = {name: dtype for name, (_, _, dtype) in self._headers.items()}
+
+    def _corrupt(self):
+        path = self.path
+
+        class Convert:
+            def __enter__(self):
+                return self
+
+            def __exit__(self, kind, e, tb):
+                if kind is not None and issubclass(kind, _CORRUPT) and not issubclass(kind, InputError):
+                    raise InputError(f"{path}: truncated or corrupt checkpoint file "
+                                     f"({kind.__name__}: {str(e)[:120]})") from None
+                return False
+        return Convert()
+
+    def check(self, expected=None, kinds="fiub") -> None:
+        """Every array of an allowed number kind; with ``expected`` ({name: shape}), exactly those."""
+        _check_names_and_shapes(self.path, self._headers, expected, kinds)
+
+    def read(self, names=None) -> dict:
+        """{name: array} for ``names`` (default: all), in the file's order."""
+        out = {}
+        with self._corrupt():
+            for name, (info, _, _) in self._headers.items():
+                if names is None or name in names:
+                    with self._zip.open(info) as member:
+                        out[name] = np.lib.format.read_array(member, allow_pickle=False)
+        return out
+
+    def close(self) -> None:
+        if self._zip is not None:
+            self._zip.close()
+        self._file.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def read_arrays(path, expected=None, kinds="fiub", what="checkpoint file") -> dict:
+    """The arrays of a .npz file, checked before they are read (see Npz). Never unpickles.
 
     Args:
         expected: optional {name: shape}; every name must be present with that
             shape (names outside ``expected`` are refused).
-        select: optional function name -> bool; only those arrays are read
-            (all headers are still checked).
         kinds: allowed dtype kinds (f float, i/u integers, b bool).
     Returns:
         {name: array}. InputError (one line naming the file) on any problem:
         not a zip, truncated, pickled objects, wrong names, types or shapes,
         bad checksum; FileNotFoundError if missing.
     """
-    path = os.fspath(path)
-    with _open_for_reading(path, what) as f:
-        magic = f.read(2)
-        if magic not in (b"PK", b"\x80", b""):       # a zip; \x80 opens a pickle
-            raise InputError(f"{path}: not a checkpoint file (a .npz zip archive of arrays); "
-                             f"it starts with {magic!r}")
-        if magic == b"\x80":
-            raise InputError(f"{path}: refusing to load: the file contains Python objects "
-                             f"(pickle), which could run code; checkpoints hold plain arrays only")
-        size = os.fstat(f.fileno()).st_size
-        f.seek(0)
-        try:
-            with zipfile.ZipFile(f) as zf:
-                headers = _npz_headers(path, zf, size)
-                _check_names_and_shapes(path, headers, expected, kinds)
-                total = sum(math.prod(s) * d.itemsize for _, s, d in headers.values())
-                if total > memory_bytes():
-                    raise InputError(f"{path}: its arrays would need {total / 2**30:.1f} GiB, more "
-                                     f"than this machine's memory: not a checkpoint of this program")
-                out = {}
-                for name, (info, shape, dtype) in headers.items():
-                    if select is not None and not select(name):
-                        continue
-                    with zf.open(info) as member:
-                        out[name] = np.lib.format.read_array(member, allow_pickle=False)
-                return out
-        except InputError:
-            raise
-        except (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, EOFError, OSError,
-                KeyError, SyntaxError, TypeError, OverflowError, MemoryError,
-                NotImplementedError) as e:
-            raise InputError(f"{path}: truncated or corrupt checkpoint file "
-                             f"({type(e).__name__}: {str(e)[:120]})") from None
+    with Npz(path, what) as z:
+        z.check(expected, kinds)
+        return z.read()
 
 
 def _check_names_and_shapes(path, headers, expected, kinds):
@@ -295,64 +346,44 @@ def pack_checkpoint(params: dict, best: dict | None, moments: dict, state: dict)
     return arrays
 
 
-def read_checkpoint(path, shapes: dict, parts=("params", "best", "m", "v", "state")):
+def read_checkpoint(path, shapes: dict, parts=("params", "best", "m", "v", "state"), npz=None):
     """Read checkpoint.npz against the model's parameter shapes.
 
-    Returns {"params": {...}, "best": {...} or None, "m"/"v" in "moments" as
-    'm/NAME' keys, "state": dict}; only the requested parts are read.
+    Returns {"params": {...}, "best": {...} or None, "moments": {'m/NAME': ...,
+    'v/NAME': ...}, "state": dict}; only the requested parts are read (the rest
+    None). ``npz``: the file already open as an Npz.
     """
     path = os.fspath(path)
-    expected = {}
-    for prefix in ("params", "m", "v"):
-        expected.update({f"{prefix}/{k}": s for k, s in shapes.items()})
-    headers_only = read_arrays_headers(path)
-    if any(n.startswith("best/") for n in headers_only):
-        expected.update({f"best/{k}": s for k, s in shapes.items()})
-    if "state" not in headers_only:
-        raise InputError(f"{path}: not a checkpoint of a training run (no 'state' array)")
-    state_shape = headers_only["state"]
-    if len(state_shape) != 1:
-        raise InputError(f"{path}: corrupt checkpoint file (its 'state' is not text)")
-    expected["state"] = state_shape
-    wanted = tuple(parts)
-    arrays = read_arrays(path, expected, select=lambda n: n.split("/")[0] in wanted)
-    out = {"params": None, "best": None, "moments": None, "state": None}
-    if "params" in wanted:
-        out["params"] = {k: arrays[f"params/{k}"] for k in shapes}
-    if "best" in wanted and f"best/{next(iter(shapes))}" in arrays:
-        out["best"] = {k: arrays[f"best/{k}"] for k in shapes}
-    if "m" in wanted or "v" in wanted:
-        out["moments"] = {n: a for n, a in arrays.items() if n.split("/")[0] in ("m", "v")}
-    if "state" in wanted:
-        raw = arrays["state"]
-        if raw.dtype != np.uint8:
+    with (npz if npz is not None else Npz(path)) as z:
+        expected = {f"{prefix}/{k}": s for prefix in ("params", "m", "v") for k, s in shapes.items()}
+        if any(n.startswith("best/") for n in z.shapes):
+            expected.update({f"best/{k}": s for k, s in shapes.items()})
+        if "state" not in z.shapes:
+            raise InputError(f"{path}: not a checkpoint of a training run (no 'state' array)")
+        if len(z.shapes["state"]) != 1 or z.dtypes["state"] != np.uint8:
             raise InputError(f"{path}: corrupt checkpoint file (its 'state' is not text)")
+        expected["state"] = z.shapes["state"]
+        z.check(expected, kinds="fu")
+        floats = [n for n in expected if n != "state" and z.dtypes[n].kind != "f"]
+        if floats:
+            raise InputError(f"{path}: array {floats[0]!r} holds {z.dtypes[floats[0]]} values, "
+                             f"not floating point numbers: corrupt checkpoint file")
+        arrays = z.read({n for n in expected if n.split("/")[0] in parts})
+    out = {"params": None, "best": None, "moments": None, "state": None}
+    if "params" in parts:
+        out["params"] = {k: arrays[f"params/{k}"] for k in shapes}
+    if "best" in parts and f"best/{next(iter(shapes))}" in arrays:
+        out["best"] = {k: arrays[f"best/{k}"] for k in shapes}
+    if "m" in parts or "v" in parts:
+        out["moments"] = {n: a for n, a in arrays.items() if n.split("/")[0] in ("m", "v")}
+    if "state" in parts:
         try:
-            out["state"] = json.loads(raw.tobytes().decode("utf-8"),
+            out["state"] = json.loads(arrays["state"].tobytes().decode("utf-8"),
                                       parse_constant=lambda c: float("nan"))
         except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
-            raise InputError(f"{path}: corrupt checkpoint file (its state is not JSON: {e})") from None
+            raise InputError(f"{path}: corrupt checkpoint file (its state is not JSON: "
+                             f"{str(e)[:80]})") from None
     return out
-
-
-def read_arrays_headers(path) -> dict:
-    """name -> shape of every array of a .npz file (headers only; checked like read_arrays)."""
-    path = os.fspath(path)
-    with _open_for_reading(path, "checkpoint file") as f:
-        magic = f.read(2)
-        if magic != b"PK":
-            read_arrays(path)                 # raises the right message
-        size = os.fstat(f.fileno()).st_size
-        f.seek(0)
-        try:
-            with zipfile.ZipFile(f) as zf:
-                return {n: s for n, (_, s, _) in _npz_headers(path, zf, size).items()}
-        except InputError:
-            raise
-        except (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, EOFError, OSError,
-                KeyError, SyntaxError, TypeError, OverflowError) as e:
-            raise InputError(f"{path}: truncated or corrupt checkpoint file "
-                             f"({type(e).__name__}: {str(e)[:120]})") from None
 
 
 # ----------------------------------------------------------------------------
@@ -498,7 +529,7 @@ class RunFolder:
             files.remove(self.file(name))
 
 
-__all__ = ["RunFolder", "read_json", "write_json", "read_arrays", "write_arrays",
+__all__ = ["RunFolder", "Npz", "read_json", "write_json", "read_arrays", "write_arrays",
            "read_checkpoint", "pack_checkpoint", "fields_from_json", "check_out_folder",
            "non_finite", "memory_bytes", "CONFIG", "ITEMS", "CHECKPOINT", "WEIGHTS", "STATE",
            "METRICS", "LEGACY"]

@@ -281,6 +281,8 @@ def _check_state(state, where: str, steps_per_epoch: int) -> dict:
         v = state.get(key, 0.0 if key == "loss_sum" else None)
         if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v):
             bad(key, f"expected a finite number, found {json.dumps(v)[:40]}")
+    if state["elapsed"] < 0:
+        bad("elapsed", f"expected a time >= 0, found {state['elapsed']}")
     best_epoch = state.get("best_epoch")
     if best_epoch is not None and (not isinstance(best_epoch, int) or isinstance(best_epoch, bool)
                                    or not 1 <= best_epoch <= state["epoch"]):
@@ -350,6 +352,9 @@ def read_run_config(run_dir):
         mcfg = Config(**kw)
     except InputError as e:
         raise InputError(f"{path}: {e}") from None
+    for name in ("init_std", "ln_eps"):
+        if not 0 < getattr(mcfg, name) < math.inf:
+            raise InputError(f"{path}: field model.{name}: must be > 0, got {getattr(mcfg, name)}")
     tcfg = saved_train_config(conf, path)
     derived = tcfg.model_config(mcfg.vocab_size)
     for name in _MODEL_FIELDS_OF_TRAIN:
@@ -383,21 +388,22 @@ def load_run(run_dir, which="best"):
     check_fits(mcfg, tcfg.eval_batch_size, os.path.join(run_dir, runs.CONFIG), training=False)
     checkpoint = os.path.join(run_dir, runs.CHECKPOINT)
     legacy = os.path.join(run_dir, "weights.npz" if which == "best" else "last.npz")
-    headers = runs.read_arrays_headers(checkpoint if os.path.exists(checkpoint) else legacy)
-    layers = {n.split("/")[-1].split(".")[0] for n in headers if n.split("/")[-1].startswith("layer")}
-    if len(layers) != mcfg.layers:                # before listing a claimed 10^7 layers' names
-        raise InputError(f"{os.path.join(run_dir, runs.CONFIG)}: field model.layers is "
-                         f"{mcfg.layers}, the checkpoint holds {len(layers)} layers: "
-                         f"incompatible checkpoint")
-    shapes = param_shapes(mcfg)
-    if os.path.exists(checkpoint):
-        has_best = any(n.startswith("best/") for n in headers)
-        part = "best" if which == "best" and has_best else "params"
-        params = runs.read_checkpoint(checkpoint, shapes, parts=(part,))[part]
-        source = f"{checkpoint} ({'best' if part == 'best' else 'last'} weights)"
-    else:
-        source = legacy
-        params = runs.read_arrays(source, shapes, kinds="f")
+    with runs.Npz(checkpoint if os.path.exists(checkpoint) else legacy) as npz:
+        names = [n.split("/")[-1] for n in npz.shapes]
+        layers = {n.split(".")[0] for n in names if n.startswith("layer")}
+        if len(layers) != mcfg.layers:            # before listing a claimed 10^7 layers' names
+            raise InputError(f"{os.path.join(run_dir, runs.CONFIG)}: field model.layers is "
+                             f"{mcfg.layers}, {npz.path} holds {len(layers)} layers: "
+                             f"incompatible checkpoint")
+        shapes = param_shapes(mcfg)
+        if npz.path == checkpoint:
+            has_best = any(n.startswith("best/") for n in npz.shapes)
+            part = "best" if which == "best" and has_best else "params"
+            params = runs.read_checkpoint(checkpoint, shapes, parts=(part,), npz=npz)[part]
+            source = f"{checkpoint} ({'best' if part == 'best' else 'last'} weights)"
+        else:
+            npz.check(shapes, kinds="f")
+            params, source = npz.read(), legacy
     bad = runs.non_finite(params)
     if bad is not None:
         raise InputError(f"{source}: parameter {bad!r} holds non-finite values (nan or inf): "
@@ -657,7 +663,7 @@ def _train_loop(tcfg, mcfg, ds, split, sampler, steps_per_epoch, valid_neg, fold
     saved = dict(state) if checkpoint is not None else None     # the checkpoint on disk
     dropout_rng = _rng_from_state(state["dropout_rng"])
 
-    def diverged(what):
+    def diverged(what, epoch=None):
         if saved is not None:
             kept = (f"the last good checkpoint, {folder.file(runs.CHECKPOINT)} (epoch "
                     f"{saved['epoch']}, batch {saved['batch']}), is kept"
@@ -667,7 +673,7 @@ def _train_loop(tcfg, mcfg, ds, split, sampler, steps_per_epoch, valid_neg, fold
             kept = f"no checkpoint was saved yet ({run_dir} holds the settings only)"
         raise TrainingStopped(
             f"{run_dir}: training diverged: {what} at step {state['step']} (epoch "
-            f"{state['epoch'] + 1}); {kept}. Resuming would diverge again at the same step: "
+            f"{epoch or state['epoch'] + 1}); {kept}. Resuming would diverge again at the same step: "
             f"train again with a lower --lr (this run: {tcfg.lr:g}) and --overwrite")
 
     def save(weights_changed=True):
@@ -681,10 +687,20 @@ def _train_loop(tcfg, mcfg, ds, split, sampler, steps_per_epoch, valid_neg, fold
         saved = {k: state[k] for k in ("epoch", "batch", "best_epoch")}
 
     def validate():
-        return evaluate_model(model, split.valid_input, split.valid_target, popularity,
-                              "sampled", negatives=valid_neg, seed=tcfg.seed,
-                              n_negatives=tcfg.n_negatives,
-                              batch_size=tcfg.eval_batch_size)["sampled"]
+        broken = []
+
+        def scores(histories, candidates):    # a model that scores nan or inf is broken
+            s = model.score_candidates(histories, candidates)
+            if not np.isfinite(s).all():
+                broken.append(True)
+            return s
+        valid = ev.evaluate(model.score_next, split.valid_input, split.valid_target,
+                            protocol="sampled", negatives=valid_neg, popularity=popularity,
+                            seed=tcfg.seed, n_negatives=tcfg.n_negatives,
+                            batch_size=tcfg.eval_batch_size, candidate_fn=scores)["sampled"]
+        if broken:
+            diverged("the validation scores became non-finite", epoch=state["epoch"])
+        return valid
 
     log(f"{ds.name}: {ds.n_users} users, {ds.n_items} items; {len(sampler.lengths)} windows, "
         f"{sampler.n_instances} instances and {steps_per_epoch} steps per epoch; "
