@@ -245,6 +245,8 @@ _SEP_NAMES = {None: "whitespace", "\t": "tabs", ",": "commas", ";": "';'", "::":
 def _read_lines(path) -> list[str]:
     """All lines of a UTF-8 text file; FileNotFoundError / InputError otherwise."""
     path = pathlib.Path(path)
+    if path.is_dir():
+        raise at(path, None, "is a folder, not a data file")
     if not path.is_file():
         raise FileNotFoundError(f"{path}: data file not found")
     try:
@@ -463,6 +465,8 @@ def load_file(path) -> Dataset:
     user/item column (or a .inter/.csv file) -> table; otherwise user-item.
     """
     path = pathlib.Path(path)
+    if path.is_dir():
+        raise at(path, None, "is a folder, not a data file")
     if not path.is_file():
         raise FileNotFoundError(f"{path}: data file not found")
     try:

@@ -204,6 +204,43 @@ def test_bad_timestamp(tmp_path):
         data.load_movielens(path)
 
 
+@pytest.mark.parametrize("name, text, message", [
+    # a nan timestamp would sort last and silently become the user's test item
+    ("u.data", "1\t2\t3\t4\n1\t3\t3\tnan\n", r"u\.data:2: timestamp 'nan' is not a finite number"),
+    ("x.csv", "user,item,timestamp\n1,2,5\n1,3,inf\n", r"x\.csv:3: timestamp 'inf' is not a finite"),
+    # an empty field is not an item (nor a user)
+    ("x.inter", "user_id:token\titem_id:token\n1\t2\n1\t \n", r"x\.inter:3: empty item id"),
+    ("ratings.dat", "1::2::5::10\n::3::5::11\n", r"ratings\.dat:2: empty user id"),
+    ("u.data", "1\t2\t3\t4\n1\t\t3\t5\n", r"u\.data:2: empty item id"),
+    # ids are int64 in user-item files
+    ("ids.txt", "1 2\n1 9223372036854775808\n", r"ids\.txt:2: item id 9223372036854775808 is too large"),
+    ("ids.txt", "-9223372036854775809 2\n", r"ids\.txt:1: user id -9223372036854775809 is too large"),
+])
+def test_values_that_are_no_interaction(tmp_path, name, text, message):
+    with pytest.raises(InputError, match=message):
+        data.load_file(write(tmp_path, name, text))
+
+
+def test_the_largest_int64_id_is_fine(tmp_path):
+    ds = data.load_file(write(tmp_path, "ids.txt", "1 9223372036854775807\n1 2\n"))
+    assert ds.raw_item_ids.tolist() == ["9223372036854775807", "2"]
+
+
+def test_an_unreadable_file_is_one_line(tmp_path, monkeypatch):
+    path = write(tmp_path, "x.txt", "1 2\n")
+    real = Path.read_text
+
+    def denied(self, *args, **kwargs):                # what a file without read permission does
+        if self == path:
+            raise PermissionError(13, "Permission denied", str(self))
+        return real(self, *args, **kwargs)
+    monkeypatch.setattr(Path, "read_text", denied)
+    with pytest.raises(InputError, match=r"x\.txt: cannot read the data file \(Permission denied\)"):
+        data.load_file(path)
+    with pytest.raises(InputError, match=r"is a folder, not a data file"):
+        data.load_file(tmp_path)
+
+
 def test_header_without_needed_columns(tmp_path):
     path = write(tmp_path, "x.csv", "customer,product\n1,2\n")
     with pytest.raises(InputError, match=r"x\.csv:1: header columns \['customer', 'product'\].*user column"):

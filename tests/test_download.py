@@ -5,6 +5,8 @@ Nothing here touches the network: the fixtures are tiny files made in tmp_path.
 import functools
 import hashlib
 import http.server
+import os
+import stat
 import threading
 import zipfile
 
@@ -158,3 +160,63 @@ def test_registry_pins_sha256():
     assert set(dl.DATASETS) == {"beauty", "ml-1m", "ml-100k"}
     for spec in dl.DATASETS.values():
         assert len(spec["sha256"]) == 64 and spec["url"].startswith("https://")
+
+
+def test_downloaded_files_get_the_usual_permissions(tmp_path):
+    # a temporary file is private (0600); the data file must not stay so: 0666 less the umask
+    src = tmp_path / "src.txt"
+    src.write_bytes(CONTENT)
+    archive = tmp_path / "ml-100k.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.writestr("ml-100k/u.data", "1\t2\t5\t10\n1\t3\t4\t20\n1\t4\t4\t30\n")
+    sha = hashlib.sha256(archive.read_bytes()).hexdigest()
+    old = os.umask(0o022)
+    try:
+        out = tmp_path / "data"
+        path = dl.download("beauty", data_dir=out, url=src.as_uri(), sha256=SHA, progress=False)
+        dl.download("ml-100k", data_dir=out, url=archive.as_uri(), sha256=sha, progress=False)
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644
+    assert stat.S_IMODE((out / "ml-100k.zip").stat().st_mode) == 0o644
+    assert stat.S_IMODE((out / "ml-100k").stat().st_mode) == 0o755       # not mkdtemp's 0700
+
+
+def test_leftovers_of_a_killed_download_are_removed_by_the_next(tmp_path):
+    # kill -9 leaves NAME.part-XXXX (and an unpack folder) behind: the next download clears
+    # them, but not a temporary file another download is still writing (it holds a lock)
+    import fcntl
+    src = tmp_path / "src.txt"
+    src.write_bytes(CONTENT)
+    out = tmp_path / "data"
+    out.mkdir()
+    (out / "beauty.txt.part-dead1").write_bytes(b"half")
+    (out / "ml-1m.unpack-dead2").mkdir()
+    (out / "ml-1m.unpack-dead2" / "ratings.dat").write_text("1::1::5::1\n")
+    busy = out / "beauty.txt.part-busy"
+    with open(busy, "wb") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)                     # as a running download holds it
+        dl.download("beauty", data_dir=out, url=src.as_uri(), sha256=SHA, progress=False)
+        assert leftovers(out) == ["beauty.txt.part-busy", "ml-1m.unpack-dead2"]
+    archive = tmp_path / "ml-1m.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.writestr("ml-1m/ratings.dat", "1::1::5::1\n1::2::5::2\n1::3::5::3\n")
+    dl.download("ml-1m", data_dir=out, url=archive.as_uri(),
+                sha256=hashlib.sha256(archive.read_bytes()).hexdigest(), progress=False)
+    assert leftovers(out) == ["beauty.txt.part-busy"]     # its writer is gone, the lock too:
+    src.write_bytes(CONTENT)                               # the next beauty download removes it
+    (out / "beauty.txt").unlink()
+    dl.download("beauty", data_dir=out, url=src.as_uri(), sha256=SHA, progress=False)
+    assert leftovers(out) == []
+
+
+def test_a_read_only_data_folder_is_one_line(tmp_path, monkeypatch, capsys):
+    from minibert4rec import cli
+
+    def denied(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+    monkeypatch.setattr(dl.tempfile, "mkstemp", denied)
+    assert cli.main(["download", "beauty", "--data-dir", str(tmp_path), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"error: {tmp_path}: cannot write: Permission denied (the folder is read-only " \
+                  f"for you: choose another one)"

@@ -257,3 +257,29 @@ def test_a_small_data_file_needs_fewer_negatives_and_says_so(tmp_path, capsys):
     assert saved["n_negatives"] == 10
     assert cli.main(["evaluate", "--run", str(tmp_path / "run"), "--json"]) == 0
     assert set(json.loads(capsys.readouterr().out)) == {"sampled", "full", "popularity"}
+
+
+def test_a_run_folder_of_an_earlier_version_resumes_bit_identically(run3, tmp_path):
+    # before checkpoint.npz: last.npz, optimizer.npz and state.json (plus weights.npz, the best)
+    d3, metrics3 = run3
+    d = tmp_path / "old"
+    train(TrainConfig(epochs=1, **TINY), d, log=quiet)
+    with np.load(d / "checkpoint.npz") as z:
+        arrays = {n: z[n] for n in z.files}
+    part = lambda prefix: {n[len(prefix):]: a for n, a in arrays.items() if n.startswith(prefix)}  # noqa: E731
+    save_npz(d / "last.npz", part("params/"))
+    save_npz(d / "weights.npz", part("best/"))
+    save_npz(d / "optimizer.npz", {n: a for n, a in arrays.items() if n[:2] in ("m/", "v/")})
+    (d / "state.json").write_text(arrays["state"].tobytes().decode())
+    os.remove(d / "checkpoint.npz")
+    assert np.array_equal(weights(d)["item_emb"], arrays["params/item_emb"])    # read as it is
+    os.remove(d / "optimizer.npz")
+    with pytest.raises(InputError, match=r"incomplete checkpoint of an earlier version "
+                                         r"\(last\.npz, state\.json only\)"):
+        train(TrainConfig(epochs=3, **TINY), d, resume=True, log=quiet)
+    save_npz(d / "optimizer.npz", {n: a for n, a in arrays.items() if n[:2] in ("m/", "v/")})
+    metrics = train(TrainConfig(epochs=3, **TINY), d, resume=True, log=quiet)
+    a, b = weights(d3), weights(d)
+    assert all(np.array_equal(a[k], b[k]) for k in a) and metrics == metrics3
+    assert sorted(os.listdir(d)) == ["checkpoint.npz", "config.json", "items.txt", "metrics.json",
+                                     "state.json", "weights.npz"]          # converted, once
