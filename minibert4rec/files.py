@@ -2,16 +2,18 @@
 
 Three tools, used by every writer in the package (run folders, downloads):
 
-* ``atomic_write(path, write)``: ``write(tmp)`` fills ``PATH.tmp-PID``, which is
-  flushed to disk and renamed onto ``PATH`` (``os.replace``, atomic on POSIX).
+* ``atomic_write(path, write)``: ``write(f)`` fills ``f``, the open file
+  ``PATH.tmp-PID``, which is flushed to disk and renamed onto ``PATH``
+  (``os.replace``, atomic on POSIX).
   A reader sees the old file or the new one, never half of one. An error while
   writing removes the temporary file and is reported as one line naming PATH.
-* ``Lock``: an exclusive advisory lock (``flock``) held on an open file as long
-  as a writer works. The operating system drops it when the process ends, even
-  on ``kill -9``, so a lock is never stale; a second writer is told at once.
+* locks: a writer holds an exclusive advisory lock (``flock``) on what it
+  writes (a run folder, a download's temporary file) as long as it works. The
+  operating system drops it when the process ends, even on ``kill -9``, so a
+  lock is never stale; a second writer is told at once (``runs.RunFolder``).
 * ``remove_leftovers(folder, pattern)``: a temporary file or folder left by a
   killed writer is removed by the next one. Temporaries that are still being
-  written are locked by their writer and are left alone.
+  written are locked by their writer and are left alone (``is_locked``).
 
 For the tests of crash safety, every file written, renamed or removed through
 this module is an *event*. Two environment variables read at each event (they
@@ -80,11 +82,11 @@ def fsync_folder(folder) -> None:
         os.close(fd)
 
 
-def atomic_write(path, write, binary=True) -> None:
+def atomic_write(path, write) -> None:
     """Write ``path`` through a temporary file and one rename.
 
-    write: called with an open file (binary or text) positioned at 0; it
-    writes the whole content. InputError (one line naming ``path``) if the
+    write: called with the temporary file, open in binary mode; it writes the
+    whole content. InputError (one line naming ``path``) if the
     folder cannot be written; any other exception is re-raised after the
     temporary file is removed.
     """
@@ -92,7 +94,7 @@ def atomic_write(path, write, binary=True) -> None:
     tmp = f"{path}.tmp-{os.getpid()}"
     try:
         try:
-            with open(tmp, "wb" if binary else "w", **({} if binary else {"encoding": "utf-8"})) as f:
+            with open(tmp, "wb") as f:
                 write(f)
                 f.flush()
                 os.fsync(f.fileno())
@@ -120,48 +122,6 @@ def remove(path) -> None:
     else:
         return
     event("remove", path)
-
-
-class Lock:
-    """An exclusive lock on the file ``path`` (created if missing), or None if taken.
-
-    Use ``Lock.acquire(path)``; ``release()`` (or process exit) frees it.
-    The file keeps the holder's process id, for the message of the next one.
-    """
-
-    def __init__(self, fd, path):
-        self.fd, self.path = fd, path
-
-    @classmethod
-    def acquire(cls, path, note: str | None = None) -> "Lock | None":
-        path = os.fspath(path)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
-        if fcntl is not None:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError as e:
-                os.close(fd)
-                if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                    return None
-                raise
-        if note is not None:
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, note.encode(), 0)
-        return cls(fd, path)
-
-    @staticmethod
-    def holder(path) -> str:
-        """What the holder wrote into the lock file ('' if unknown)."""
-        try:
-            with open(path, encoding="utf-8", errors="replace") as f:
-                return f.read(200).strip()
-        except OSError:
-            return ""
-
-    def release(self) -> None:
-        if self.fd is not None:
-            os.close(self.fd)           # closing the file drops the flock
-            self.fd = None
 
 
 def is_locked(path) -> bool:
@@ -210,5 +170,5 @@ def default_file_mode(folder=False) -> int:
     return (0o777 if folder else 0o666) & ~umask
 
 
-__all__ = ["atomic_write", "Lock", "remove_leftovers", "remove", "is_locked", "fsync_folder",
+__all__ = ["atomic_write", "remove_leftovers", "remove", "is_locked", "fsync_folder",
            "cannot_write", "default_file_mode", "event"]

@@ -488,9 +488,11 @@ class RunFolder:
         folder = cls._lock(path)
         if not os.path.exists(os.path.join(path, CONFIG)):
             folder.close()
-            raise InputError(f"{path}: holds no config.json: the training stopped before it "
-                             f"wrote its settings, so there is nothing to {what}; start it "
-                             f"again with the same command, without --resume")
+            if what == "resume":
+                raise InputError(f"{path}: holds no config.json: the training stopped before it "
+                                 f"wrote its settings, so there is nothing to resume; start it "
+                                 f"again with the same command, without --resume")
+            raise InputError(f"{path}: holds no config.json: not a run folder")
         return folder
 
     def close(self) -> None:

@@ -178,7 +178,8 @@ class TrainConfig:
 
 
 class TrainingStopped(Exception):
-    """Training ended early on purpose (non-finite loss); the message says why."""
+    """Training diverged (a non-finite loss, gradient, weight or validation score) and stopped;
+    the message names the checkpoint that is kept."""
 
 
 # ----------------------------------------------------------------------------
