@@ -29,11 +29,13 @@ epochs in one go or E1 then resuming to E gives bit-identical weights.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import signal
 import time
+import warnings
 from dataclasses import asdict, dataclass, replace
 
 import numpy as np
@@ -467,6 +469,17 @@ def popularity_metrics(ds: Dataset, split=None, protocol="both", seed=0, n_negat
 # ----------------------------------------------------------------------------
 
 
+@contextlib.contextmanager
+def _quiet_overflows():
+    """No NumPy overflow warnings while training: a step that overflows makes a non-finite
+    loss, gradient, weight or score, which the guard reports in one line (TrainingStopped).
+    (A warnings filter, not np.errstate: it also covers the fast path's worker threads.)"""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=RuntimeWarning,
+                                message=r"(overflow|invalid value|divide by zero) encountered")
+        yield
+
+
 class _Interrupt:
     """Turns SIGINT into a flag, so a step is never cut in half; a second Ctrl-C aborts."""
 
@@ -711,7 +724,7 @@ def _train_loop(tcfg, mcfg, ds, split, sampler, steps_per_epoch, valid_neg, fold
     if state["epoch"] >= tcfg.epochs:
         log(f"{run_dir} has trained {state['epoch']} epochs already, --epochs is {tcfg.epochs}: "
             f"nothing to train (give a larger --epochs to continue)")
-    with _Interrupt() as interrupt:
+    with _Interrupt() as interrupt, _quiet_overflows():
         while state["epoch"] < tcfg.epochs and stop_reason is None:
             epoch_rng = _rng_from_state(state["data_rng"])        # the epoch-start state
             batches = sampler.epoch(tcfg.batch_size, epoch_rng)

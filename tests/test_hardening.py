@@ -313,7 +313,6 @@ def test_leftover_temporary_files_are_removed_by_the_next_writer(copy, capsys):
 # ----------------------------------------------------------------------------
 
 
-@pytest.mark.filterwarnings("ignore::RuntimeWarning")     # overflows on the way
 def test_a_diverging_run_keeps_no_non_finite_weights(tmp_path, data, capsys):
     d = tmp_path / "diverged"
     code, err, _ = run_cli(capsys, "train", "--dataset", data, "--out", d, *ARGS, "--lr", "1e30")
@@ -327,7 +326,6 @@ def test_a_diverging_run_keeps_no_non_finite_weights(tmp_path, data, capsys):
         assert os.path.exists(path.rstrip(",")), err
 
 
-@pytest.mark.filterwarnings("ignore::RuntimeWarning")     # overflows on the way
 def test_divergence_after_a_checkpoint_points_at_it(tmp_path, data, capsys, monkeypatch):
     from minibert4rec.optim import AdamWeightDecay
     d = tmp_path / "late"
