@@ -23,7 +23,8 @@ status 2 and the message; the library raises the same message as
     unsupported format version                  checkpoint format version 99 is not supported
     truncated / corrupt checkpoint              truncated or corrupt checkpoint file
     checkpoint that needs pickle                refusing to load: the file contains Python objects
-    a text file as checkpoint                   weights.npz: not a checkpoint file ... starts with b'he'
+    a text file as checkpoint                   checkpoint.npz: not a checkpoint file ... starts with b'he'
+    (the run folder's other hostile cases: tests/test_hardening.py)
     negative seed, zero threads                 seed must be >= 0 (train); argument --seed: ... (others)
     unknown item id in recommend                unknown item id(s) 99999
 """
