@@ -537,7 +537,7 @@ def attention_over_training(tcfg, run_dir, k=10, log=None):
     resume=True)`` up to epoch 2, 3, ... With the learning-rate decay fixed
     at tcfg.epochs (``decay_epochs``), this gives the same weights as one
     uninterrupted run (train.py's exact resume). After every epoch the
-    epoch's weights (last.npz, not the best ones) are read and measured:
+    epoch's weights (the checkpoint's latest, not the best ones) are read and measured:
       test         test metrics, both protocols (``train.test_metrics``)
       skill        ``learned_enough(test, popularity's test metrics)``
       stats        ``attention_stats`` of ``collect_attention`` over the test
@@ -728,7 +728,7 @@ def titled_model(work_dir, dataset="ml-100k", run_dir=None, users=None, data_dir
                     f.write("\n".join(rows) + "\n")
         run_dir = os.path.join(work_dir, "run")
         train(TrainConfig(dataset=source, data_dir=data_dir, progress=False,
-                          **{**preset, **settings}), run_dir, log=quiet)
+                          **{**preset, **settings}), run_dir, log=quiet, overwrite=True)
         titles = {} if source == "synthetic" else item_titles(dataset, data_dir)
     else:
         titles = None

@@ -113,12 +113,18 @@ def run_figures(run, causal_run, out, data_dir=None, k=10, command=None):
                            write_attention_report)
     from .data import leave_one_out
     from .plotting import plot_positional_encodings, plot_training_curve
-    from .train import dataset_of, load_json, load_run, popularity_metrics, test_metrics
+    from .errors import InputError
+    from .train import (check_same_data, dataset_of, load_json, load_run, popularity_metrics,
+                        test_metrics)
     paths = []
     model, tcfg, conf = load_run(run)
+    if k > model.cfg.max_len:
+        raise InputError(f"--last {k} is longer than the model's sequences: {run} has "
+                         f"max_len N={model.cfg.max_len}; give --last {model.cfg.max_len} or less")
     if data_dir:
         tcfg.data_dir = data_dir
     ds = dataset_of(tcfg)
+    check_same_data(model, ds, run)
     split = leave_one_out(ds)
     sub = os.path.join(out, os.path.basename(os.path.normpath(run)).split("-")[0] or "run")
     os.makedirs(sub, exist_ok=True)
@@ -146,6 +152,7 @@ def run_figures(run, causal_run, out, data_dir=None, k=10, command=None):
     stats_c, avg_c = None, None
     if causal_run:
         model_c, tcfg_c, _ = load_run(causal_run)
+        check_same_data(model_c, ds, causal_run)
         avg_c = collect_attention(model_c, split.test_input, k=k)
         stats_c = attention_stats(avg_c)
         paths.extend(map(str, write_attention_report(

@@ -747,3 +747,20 @@ def test_corrupt_training_state_fields(run, tmp_path_factory, capsys, data):
 
 if __name__ == "__main__" and sys.argv[1:2] == ["kill-driver"]:
     print(json.dumps(_kill_driver(json.loads(sys.argv[2]))))
+
+
+def test_figures_of_a_run_refuses_a_too_long_window_and_changed_data(tmp_path):
+    """figures --run: --last beyond max_len, or a data file that gained items, is one line."""
+    from minibert4rec.errors import InputError as Err
+    from minibert4rec.figures import run_figures
+    from minibert4rec.train import TrainConfig, train
+    run = tmp_path / "run"
+    train(TrainConfig(dataset="synthetic", epochs=1, hidden=8, heads=2, layers=1, max_len=8,
+                      progress=False), str(run), log=lambda *a: None)
+    with pytest.raises(Err, match="--last 50 is longer than the model's sequences"):
+        run_figures(str(run), None, str(tmp_path / "out"), k=50)
+    cfg = json.loads((run / "config.json").read_text())
+    cfg["train"]["synthetic_items"] = 150                  # another data set than the one trained on
+    (run / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(Err, match="the data file changed since training"):
+        run_figures(str(run), None, str(tmp_path / "out"), k=5)
