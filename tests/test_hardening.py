@@ -14,7 +14,7 @@ Every case ends in correct behaviour or in ONE line on stderr naming the file
     non-finite weights on disk                             test_non_finite_weights_are_refused
     a used --out, --overwrite, a non-run folder            test_a_used_out_folder_*
     --resume with other options, of a missing folder       test_resume_*
-    the list of issue 7's tracebacks                       test_one_line_errors (parametrized)
+    inputs that once ended in a traceback                  test_one_line_errors (parametrized)
 
 The kill tests run many tiny trainings (30 users, D=8, 2 epochs, well under a
 second each) in a helper process that imports the package once and forks one
