@@ -3,8 +3,9 @@
     python -m minibert4rec figures --run runs/beauty --causal-run runs/beauty-causal
 
 writes (into --out, default figures/)
-    positional_encodings.png     the sinusoidal table beside the run's learned table
-    masks.png                    padding mask, causal mask, both (dark = masked, as everywhere)
+    sinusoidal_encoding.png      the fixed sinusoidal table
+    learned_positions.png        the run's learned position table
+    masks.png                    padding mask, causal mask, both (black = masked, as everywhere)
     gelu.png                     GELU (erf and tanh) against ReLU, and exact minus tanh
     training_curve.png           loss and validation / test metrics against minutes (the run)
     beauty/figure2.png           the paper's Figure 2 from the run (+ attention_stats.json)
