@@ -150,9 +150,9 @@ def skill_of_run(run_dir, data_dir=None):
     path = os.path.join(run_dir, "metrics.json")
     metrics = load_json(path) if os.path.exists(path) else {}
     if not {"sampled", "full"} <= set(metrics):
-        metrics = test_metrics(model, ds, protocol="both", seed=tcfg.seed,
+        metrics = test_metrics(model, ds, protocol="both", seed=tcfg.test_seed,
                                n_negatives=tcfg.n_negatives)
-    pop = popularity_metrics(ds, protocol="both", seed=tcfg.seed, n_negatives=tcfg.n_negatives)
+    pop = popularity_metrics(ds, protocol="both", seed=tcfg.test_seed, n_negatives=tcfg.n_negatives)
     return learned_enough(metrics, pop)
 
 
@@ -553,8 +553,8 @@ def attention_over_training(tcfg, run_dir, k=10, log=None):
     from .data import leave_one_out
     from .train import dataset_of, load_json, load_run, popularity_metrics, test_metrics, train
     quiet = log or (lambda *args: None)
-    base = replace(tcfg, decay_epochs=tcfg.decay_epochs or tcfg.epochs)
-    ds = dataset_of(base.resolved())
+    base = tcfg.resolved()                  # the preset's epochs; decay at the last epoch
+    ds = dataset_of(base)
     split = leave_one_out(ds)
     pop = popularity_metrics(ds, split, "both", seed=base.seed, n_negatives=base.n_negatives)
     histories = [h for h in split.test_input if len(h) >= k - 1]

@@ -55,7 +55,8 @@ def _train_config(args):
     keys = ("dataset", "data_dir", "epochs", "minutes", "seed", "lr", "batch_size", "hidden",
             "layers", "heads", "max_len", "mask_ratio", "position", "attention", "gelu",
             "warmup", "track_test", "min_interactions", "decay_epochs", "threads",
-            "holdout_validation", "cloze_copies", "n_negatives", "kernels")
+            "holdout_validation", "cloze_copies", "n_negatives", "kernels", "negatives_seed",
+            "sliding_step")
     kw = {k: getattr(args, k) for k in keys if getattr(args, k, None) is not None}
     if getattr(args, "dropout", None) is not None:
         kw["hidden_dropout"] = args.dropout
@@ -111,7 +112,7 @@ def cmd_train(args) -> int:
         _, tcfg, _ = read_run_config(run_dir)
     ds = dataset_of(tcfg.resolved())
     label = "BERT4Rec (this run)" if tcfg.attention == "bidirectional" else "causal (this run)"
-    rows = {label: metrics, "popularity baseline": popularity_metrics(ds, seed=tcfg.seed,
+    rows = {label: metrics, "popularity baseline": popularity_metrics(ds, seed=tcfg.test_seed,
                                                                       n_negatives=tcfg.n_negatives)}
     _print_metrics_table(rows)
     print(f"\nrun directory: {run_dir} (metrics.json, config.json, weights.npz)")
@@ -136,8 +137,8 @@ def cmd_evaluate(args) -> int:
             tcfg.data_dir = args.data_dir
         ds = dataset_of(tcfg)
         check_same_data(model, ds, args.run)
-        seed = tcfg.seed if args.negatives_seed is None else args.negatives_seed
-        if args.save and seed != tcfg.seed:
+        seed = tcfg.test_seed if args.negatives_seed is None else args.negatives_seed
+        if args.save and seed != tcfg.test_seed:
             raise InputError("--save keeps metrics.json comparable with the run's own: it cannot "
                              "be combined with --negatives-seed")
         metrics = test_metrics(model, ds, protocol=args.protocol, seed=seed,
@@ -341,11 +342,13 @@ def cmd_download(args) -> int:
 
 
 def cmd_figures(args) -> int:
-    from .figures import run_figures, scaling_figure, static_figures
+    from .figures import run_figures, scaling_figure, seeds_figure, static_figures
     paths = static_figures(args.out)
     if args.run:
         command = "python -m minibert4rec " + " ".join(args.argv)
         paths += run_figures(args.run, args.causal_run, args.out, args.data_dir, args.last, command)
+    if args.seed_runs:
+        paths += seeds_figure(args.seed_runs, args.out, "python -m minibert4rec " + " ".join(args.argv))
     if not args.no_bench:
         paths += scaling_figure(args.out, steps=args.bench_steps)
     print("wrote:\n  " + "\n  ".join(map(str, paths)))
@@ -376,7 +379,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="synthetic | beauty | ml-1m | ml-100k | PATH to a data file (default synthetic)")
     p.add_argument("--data-dir", help="where datasets live (default: $MINIBERT4REC_DATA, "
                                       "else a per-user cache directory)")
-    p.add_argument("--epochs", type=int, help="total number of epochs (default 20); with "
+    p.add_argument("--epochs", type=int, help="total number of epochs (default: the dataset "
+                                              "preset's, 20 for synthetic data and files); with "
                                               "--resume, training continues up to it")
     p.add_argument("--minutes", type=float, help="stop at this time budget (resumable)")
     p.add_argument("--decay-epochs", type=int,
@@ -390,6 +394,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--heads", type=int, help="attention heads H (default 2)")
     p.add_argument("--max-len", type=int, help="maximum sequence length N (default: dataset preset)")
     p.add_argument("--mask-ratio", type=float, help="cloze mask ratio (default: dataset preset)")
+    p.add_argument("--sliding-step", type=int, metavar="S",
+                   help="distance between the starts of the windows cut from a sequence longer "
+                        "than N (default: dataset preset; 5 for beauty, N / 2 for MovieLens)")
     p.add_argument("--cloze-copies", type=int, metavar="K",
                    help="cloze instances per window per epoch, each with its own mask, beside "
                         "the one mask-last instance (default: dataset preset; 10 for beauty, "
@@ -408,6 +415,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--holdout-validation", action="store_true", default=None,
                    help="never train on the validation item (the authors do, which makes "
                         "validation metrics optimistic)")
+    p.add_argument("--negatives-seed", type=int_at_least(0), metavar="S",
+                   help="seed of the test split's sampled negatives (default: --seed); give the "
+                        "same S to runs of different seeds to score them on the same candidates")
     p.add_argument("--negatives", dest="n_negatives", type=int, metavar="N",
                    help="sampled negatives per user in the sampled protocol (default 100, as the "
                         "paper); small data sets need fewer")
@@ -435,7 +445,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--save", action="store_true",
                    help="also write RUN_DIR/metrics.json (e.g. after a run stopped by Ctrl-C)")
     p.add_argument("--negatives-seed", type=int_at_least(0), metavar="S",
-                   help="seed of the sampled protocol's negatives (default: the run's --seed); "
+                   help="seed of the sampled protocol's negatives (default: the run's "
+                        "--negatives-seed, else its --seed); "
                         "to compare runs of different seeds on the same negatives")
     p.set_defaults(func=cmd_evaluate)
 
@@ -501,6 +512,9 @@ def build_parser() -> argparse.ArgumentParser:
                                    "scaling plot.")
     p.add_argument("--run", metavar="RUN_DIR", help="trained BERT4Rec run (e.g. runs/beauty)")
     p.add_argument("--causal-run", metavar="RUN_DIR", help="causal model trained the same way")
+    p.add_argument("--seed-runs", nargs="+", metavar="RUN_DIR",
+                   help="runs of one setting with different seeds, trained with --track-test and "
+                        "one --negatives-seed: their curves and spread (DATASET/seeds_curves.png)")
     p.add_argument("--out", default="figures", metavar="DIR")
     p.add_argument("--last", type=int_at_least(2), default=10)
     p.add_argument("--data-dir")

@@ -458,3 +458,45 @@ def popularity_scorer(popularity: np.ndarray) -> ScoreFn:
         return np.broadcast_to(row, (len(batch_histories), row.shape[0]))
 
     return score_fn
+
+
+# ----------------------------------------------------------------------------
+# Several runs of one setting: the paper's row, when a run reaches it, mean and spread
+# ----------------------------------------------------------------------------
+
+# The paper's d = 64 rows (Table 4, sampled protocol), the targets of the reproductions.
+PAPER_ROWS = {
+    "beauty": {"HR@10": 0.3047, "NDCG@10": 0.1832},
+    "ml-1m": {"HR@10": 0.6955, "NDCG@10": 0.4759},
+}
+
+
+def first_reaching(history: list[dict], target: dict[str, float], split: str = "test"):
+    """The first evaluation of a training history at which EVERY target metric is reached.
+
+    history: per-epoch records {"epoch", "minutes", split: {metric: value}} (train.py's state.json;
+             the "test" block exists in runs trained with --track-test)
+    target:  {metric: value}, e.g. PAPER_ROWS["beauty"]
+    Returns the record reached (its "epoch" and "minutes" say when), or None if none is.
+    """
+    for record in history:
+        got = record.get(split)
+        if got is not None and all(got.get(k, -np.inf) >= v for k, v in target.items()):
+            return record
+    return None
+
+
+def spread(metric_dicts: list[dict[str, float]]) -> dict[str, dict[str, float]]:
+    """Mean, sample standard deviation, min and max of each metric over several runs.
+
+    metric_dicts: one {metric: value} per run (e.g. each run's sampled test metrics)
+    Returns {"mean": {...}, "std": {...}, "min": {...}, "max": {...}} (std 0 for one run).
+    """
+    if not metric_dicts:
+        raise InputError("spread needs the metrics of at least one run")
+    keys = [k for k in metric_dicts[0] if all(k in m for m in metric_dicts)]
+    table = np.array([[m[k] for k in keys] for m in metric_dicts], dtype=np.float64)  # (R, K)
+    std = table.std(axis=0, ddof=1) if len(table) > 1 else np.zeros(len(keys))
+    return {name: dict(zip(keys, map(float, values))) for name, values in
+            (("mean", table.mean(axis=0)), ("std", std), ("min", table.min(axis=0)),
+             ("max", table.max(axis=0)))}

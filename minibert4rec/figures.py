@@ -8,6 +8,8 @@ writes (into --out, default figures/)
     masks.png                    padding mask, causal mask, both (black = masked, as everywhere)
     gelu.png                     GELU (erf and tanh) against ReLU, and exact minus tanh
     training_curve.png           loss and validation / test metrics against minutes (the run)
+    DATASET/seeds_curves.png     with --seed-runs: several seeds' test curves, the paper's row
+    DATASET/seeds.json           their test metrics, mean and spread, time to the paper's row
     beauty/figure2.png           the paper's Figure 2 from the run (+ attention_stats.json)
     beauty/figure2_causal.png    the same for the causal model (observation d)
     bidirectional_vs_causal.png  both models' maps, each model on its own colour scale
@@ -163,13 +165,69 @@ def run_figures(run, causal_run, out, data_dir=None, k=10, command=None):
     metrics_path = os.path.join(run, "metrics.json")
     metrics = load_json(metrics_path) if os.path.exists(metrics_path) else {}
     if not {"sampled", "full"} <= set(metrics):
-        metrics = test_metrics(model, ds, split, "both", seed=tcfg.seed, n_negatives=tcfg.n_negatives)
-    skill = learned_enough(metrics, popularity_metrics(ds, split, "both", seed=tcfg.seed,
+        metrics = test_metrics(model, ds, split, "both", seed=tcfg.test_seed, n_negatives=tcfg.n_negatives)
+    skill = learned_enough(metrics, popularity_metrics(ds, split, "both", seed=tcfg.test_seed,
                                                        n_negatives=tcfg.n_negatives))
     paths.extend(map(str, write_attention_report(avg, sub, stats_causal=stats_c, skill=skill)))
     if avg_c is not None:
         paths.append(comparison_figure(avg, avg_c, os.path.join(out, "bidirectional_vs_causal.png"), k))
     return paths
+
+
+def seeds_figure(run_dirs, out, command=None):
+    """Several runs of one setting (seeds): their test curves in one plot, mean and spread.
+
+    run_dirs: runs of the same dataset trained with --track-test and one test-negatives seed
+    (the same --negatives-seed, or all seed 0), so every run is scored on the same candidates.
+    Writes out/<dataset>/seeds_curves.png (test HR@10 and NDCG@10 against minutes, the paper's
+    row dashed, the first epoch at which a run reaches it ringed) and out/<dataset>/seeds.json:
+    per run its seed, epochs, minutes, kept epoch, test metrics (metrics.json, sampled) and the
+    first epoch and minute at which it reaches the paper's row; then their mean, std, min, max.
+    """
+    from .errors import InputError
+    from .evaluate import PAPER_ROWS, first_reaching, spread
+    from .plotting import plot_runs_curves
+    from .runs import read_json
+    from .train import read_run_config
+    rows, histories, datasets, test_seeds = [], [], set(), set()
+    for run in run_dirs:
+        _, tcfg, _ = read_run_config(run)
+        state = read_json(os.path.join(run, "state.json"), "run state (state.json)")
+        metrics_path = os.path.join(run, "metrics.json")
+        if not os.path.exists(metrics_path):
+            raise InputError(f"{run}: no metrics.json (the run has not finished; resume it first)")
+        metrics = read_json(metrics_path, "test metrics (metrics.json)")
+        history = state.get("history", [])
+        if not any("test" in h for h in history):
+            raise InputError(f"{run}: its history has no test metrics: train it with --track-test")
+        datasets.add(os.path.basename(tcfg.dataset).split(".")[0])
+        test_seeds.add(tcfg.test_seed)
+        histories.append(history)
+        rows.append({"run": run, "seed": tcfg.seed, "epochs": state.get("epoch"),
+                     "minutes": round(state.get("elapsed", 0) / 60, 1),
+                     "kept_epoch": state.get("best_epoch"), "test": metrics["sampled"]})
+    if len(datasets) != 1:
+        raise InputError(f"--seed-runs: the runs are of different datasets ({sorted(datasets)})")
+    if len(test_seeds) != 1:
+        raise InputError(f"--seed-runs: the runs' test negatives differ (seeds {sorted(test_seeds)}): "
+                         f"train them with the same --negatives-seed to compare them")
+    dataset, = datasets
+    target = PAPER_ROWS.get(dataset)
+    for row, history in zip(rows, histories):
+        reached = first_reaching(history, target) if target else None
+        row["reaches_paper_row"] = (None if reached is None else
+                                    {"epoch": reached["epoch"], "minutes": reached["minutes"]})
+    sub = os.path.join(out, dataset)
+    os.makedirs(sub, exist_ok=True)
+    p = os.path.join(sub, "seeds_curves.png")
+    _close(plot_runs_curves(histories, [f"seed {r['seed']}" for r in rows], target=target, path=p,
+                            title=f"{dataset}: test metrics (sampled) of {len(rows)} runs"))
+    summary = {"command": command, "dataset": dataset, "negatives_seed": test_seeds.pop(),
+               "paper_row": target, "runs": rows, **spread([r["test"] for r in rows])}
+    j = os.path.join(sub, "seeds.json")
+    with open(j, "w") as f:
+        json.dump(summary, f, indent=1)
+    return [p, j]
 
 
 def scaling_figure(out, steps=5):

@@ -321,6 +321,44 @@ def plot_training_curve(history, path=None, metrics=("HR@10", "NDCG@10"), figsiz
     return fig
 
 
+def plot_runs_curves(histories, labels, target=None, metrics=("HR@10", "NDCG@10"),
+                     split="test", path=None, title=None, figsize=(10.0, 3.8)):
+    """One panel per metric: every run's ``split`` metric against wall-clock minutes.
+
+    histories: one training history per run (see plot_training_curve); labels: one per run
+    target: {metric: value} drawn as a dashed line (the paper's row), or None. Where a run
+            first reaches every target metric, its point is ringed.
+    Returns the Figure (one axis per metric).
+    """
+    plt = _pyplot()
+    from .evaluate import first_reaching
+    fig, axes = plt.subplots(1, len(metrics), figsize=figsize, layout="constrained", squeeze=False)
+    for history, label in zip(histories, labels):
+        rows = [h for h in history if split in h]
+        if not rows:
+            raise ValueError(f"{label}: its history has no {split!r} metrics "
+                             f"(train with --track-test)")
+        xkey, x = _history_x(rows)
+        reached = first_reaching(rows, target) if target else None
+        for ax, name in zip(axes[0], metrics):
+            line, = ax.plot(x, [h[split][name] for h in rows], marker=".", label=label)
+            if reached is not None:
+                ax.plot(reached.get(xkey), reached[split][name], "o", ms=11, mfc="none",
+                        color=line.get_color())
+    for ax, name in zip(axes[0], metrics):
+        if target and name in target:
+            ax.axhline(target[name], color="k", ls="--", lw=1, label=f"paper {target[name]:.4f}")
+        ax.set_xlabel(xkey)
+        ax.set_ylabel(f"{split} {name}")
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=8)
+    if title:
+        fig.suptitle(title)
+    if path is not None:
+        save_figure(fig, path)
+    return fig
+
+
 # ----------------------------------------------------------------------------
 # Positional encodings
 # ----------------------------------------------------------------------------
@@ -353,5 +391,5 @@ def plot_positional_encodings(table, path=None, title="Positional encodings",
 
 
 __all__ = ["show_heatmaps", "show_heatmap_groups", "show_masks", "plot_lines",
-           "plot_training_curve", "plot_positional_encodings", "save_figure", "as_grid",
+           "plot_training_curve", "plot_runs_curves", "plot_positional_encodings", "save_figure", "as_grid",
            "MASK_COLOURS", "MASK_TICKS"]

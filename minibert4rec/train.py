@@ -52,23 +52,22 @@ from .model import BERT4Rec, Config
 
 FORMAT_VERSION = 1
 
-# The paper's / authors' settings per dataset (reference table), plus a small
-# preset for the synthetic demo data. cloze_copies 10 is the authors' dupe_factor:
-# an epoch is 10 cloze instances per window plus one mask-last instance, one pass
-# over what their gen_data_fin.py writes (on Beauty this beat 1 + 1 clearly:
-# README). The demo data and unknown files keep 1 + 1 (short epochs).
+# What `train --dataset NAME` trains: the paper's / authors' settings per dataset
+# (reference table), plus a small preset for the synthetic demo data. cloze_copies 10 is the authors' dupe_factor: an epoch is 10 cloze instances per window
+# plus one mask-last instance, one pass over what their gen_data_fin.py writes (on Beauty
+# this beat 1 + 1 clearly: docs/beauty.md). The demo data and unknown files keep 1 + 1.
 PRESETS = {
     "beauty": dict(max_len=50, mask_ratio=0.6, max_predictions=30, sliding_step=5,
-                   hidden_dropout=0.5, attention_dropout=0.2, cloze_copies=10),
+                   hidden_dropout=0.5, attention_dropout=0.2, cloze_copies=10, epochs=20),
     "ml-1m": dict(max_len=200, mask_ratio=0.2, max_predictions=40, sliding_step=100,
-                  hidden_dropout=0.2, attention_dropout=0.2, cloze_copies=10),
+                  hidden_dropout=0.2, attention_dropout=0.2, cloze_copies=10, epochs=20),
     "ml-100k": dict(max_len=200, mask_ratio=0.2, max_predictions=40, sliding_step=100,
-                    hidden_dropout=0.2, attention_dropout=0.2, cloze_copies=10),
+                    hidden_dropout=0.2, attention_dropout=0.2, cloze_copies=10, epochs=20),
     "synthetic": dict(max_len=20, mask_ratio=0.4, max_predictions=10, sliding_step=5,
-                      hidden_dropout=0.1, attention_dropout=0.1, cloze_copies=1),
+                      hidden_dropout=0.1, attention_dropout=0.1, cloze_copies=1, epochs=20),
 }
 DEFAULT_PRESET = dict(max_len=50, mask_ratio=0.4, max_predictions=20, sliding_step=10,
-                      hidden_dropout=0.2, attention_dropout=0.2, cloze_copies=1)
+                      hidden_dropout=0.2, attention_dropout=0.2, cloze_copies=1, epochs=20)
 
 
 @dataclass
@@ -77,12 +76,14 @@ class TrainConfig:
     dataset: str = "synthetic"
     data_dir: str | None = None
     min_interactions: int = 3
-    epochs: int = 20
+    epochs: int | None = None              # None -> the dataset preset's
     minutes: float | None = None           # stop at this wall-time budget (resumable)
     decay_epochs: int | None = None        # the learning rate reaches 0 here (None -> epochs)
     synthetic_users: int = 2000            # size of the synthetic dataset
     synthetic_items: int = 200
     seed: int = 0
+    negatives_seed: int | None = None      # the test split's sampled negatives (None -> seed);
+                                           # one value for all seeds = the same test candidates
     lr: float = 1e-3                       # authors: 1e-4 (under-trains on short budgets)
     batch_size: int = 256
     warmup: int = 100
@@ -156,6 +157,8 @@ class TrainConfig:
             bad(f"max predictions must be >= 1, got {self.max_predictions}")
         if self.seed < 0:
             bad(f"seed must be >= 0, got {self.seed}")
+        if self.negatives_seed is not None and self.negatives_seed < 0:
+            bad(f"negatives seed must be >= 0, got {self.negatives_seed}")
         if self.warmup < 0:
             bad(f"warm-up steps must be >= 0, got {self.warmup}")
         if self.threads is not None and self.threads < 1:
@@ -170,6 +173,11 @@ class TrainConfig:
             bad(f"min interactions must be >= 3 (train, validation and test items), "
                 f"got {self.min_interactions}")
         self.model_config(3)                # raises on D % H, N < 2, dropout, ...
+
+    @property
+    def test_seed(self) -> int:
+        """Seed of the test split's sampled negatives (and tie-breaks): --negatives-seed, else --seed."""
+        return self.seed if self.negatives_seed is None else self.negatives_seed
 
     def model_config(self, vocab_size) -> Config:
         return Config(vocab_size=vocab_size, max_len=self.max_len, hidden=self.hidden,
@@ -783,7 +791,7 @@ def _train_loop(tcfg, mcfg, ds, split, sampler, steps_per_epoch, valid_neg, fold
                                if state["loss_batches"] else None), "valid": valid}
             state["loss_sum"], state["loss_batches"] = 0.0, 0
             if tcfg.track_test:
-                record["test"] = test_metrics(model, ds, split, "sampled", tcfg.seed,
+                record["test"] = test_metrics(model, ds, split, "sampled", tcfg.test_seed,
                                               tcfg.eval_batch_size,
                                               n_negatives=tcfg.n_negatives)["sampled"]
             state["history"].append(record)
@@ -801,7 +809,7 @@ def _train_loop(tcfg, mcfg, ds, split, sampler, steps_per_epoch, valid_neg, fold
         log(f"resume with: python -m minibert4rec train --resume {run_dir} --epochs {tcfg.epochs}")
         return None
     best, _, _ = load_run(run_dir, "best")
-    metrics = test_metrics(best, ds, split, "both", tcfg.seed, tcfg.eval_batch_size,
+    metrics = test_metrics(best, ds, split, "both", tcfg.test_seed, tcfg.eval_batch_size,
                            n_negatives=tcfg.n_negatives)
     folder.write_json(runs.METRICS, metrics)
     return metrics
