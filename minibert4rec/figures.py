@@ -220,7 +220,10 @@ def seeds_figure(run_dirs, out, command=None):
     sub = os.path.join(out, dataset)
     os.makedirs(sub, exist_ok=True)
     p = os.path.join(sub, "seeds_curves.png")
-    _close(plot_runs_curves(histories, [f"seed {r['seed']}" for r in rows], target=target, path=p,
+    seeds = [r["seed"] for r in rows]
+    labels = ([f"seed {s}" for s in seeds] if len(set(seeds)) == len(seeds) else   # else the folders
+              [os.path.basename(os.path.normpath(r["run"])) for r in rows])
+    _close(plot_runs_curves(histories, labels, target=target, path=p,
                             title=f"{dataset}: test metrics (sampled) of {len(rows)} runs"))
     summary = {"command": command, "dataset": dataset, "negatives_seed": test_seeds.pop(),
                "paper_row": target, "runs": rows, **spread([r["test"] for r in rows])}
