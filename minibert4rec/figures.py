@@ -197,6 +197,9 @@ def seeds_figure(run_dirs, out, command=None):
         if not os.path.exists(metrics_path):
             raise InputError(f"{run}: no metrics.json (the run has not finished; resume it first)")
         metrics = read_json(metrics_path, "test metrics (metrics.json)")
+        if not isinstance(metrics, dict) or not isinstance(metrics.get("sampled"), dict):
+            raise InputError(f"{metrics_path}: no sampled-protocol metrics (write them with "
+                             f"evaluate --run {run} --protocol sampled --save)")
         history = state.get("history", [])
         if not any("test" in h for h in history):
             raise InputError(f"{run}: its history has no test metrics: train it with --track-test")

@@ -105,6 +105,9 @@ def test_seeds_figure_refuses_runs_on_other_negatives_or_without_curves(seed_run
     train(TrainConfig(seed=0, **{**TINY, "epochs": 1}), plain, log=quiet)
     with pytest.raises(InputError, match="--track-test"):
         seeds_figure([s0, str(plain)], str(tmp_path))
+    (plain / "metrics.json").write_text('{"full": {}}')
+    with pytest.raises(InputError, match="no sampled-protocol metrics"):
+        seeds_figure([str(plain)], str(tmp_path))
 
 
 def test_figures_command_takes_seed_runs(seed_runs, tmp_path, capsys):
