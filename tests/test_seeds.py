@@ -115,3 +115,23 @@ def test_figures_command_takes_seed_runs(seed_runs, tmp_path, capsys):
     assert main(["figures", "--no-bench", "--out", str(tmp_path), "--seed-runs", s0, s1]) == 0
     assert (tmp_path / "synthetic" / "seeds_curves.png").stat().st_size > 0
     assert "seeds.json" in capsys.readouterr().out
+
+
+def test_the_presets_doc_lists_every_preset_as_the_code_has_it():
+    """docs/presets.md's table is what `train --dataset NAME` trains: it must follow PRESETS."""
+    import pathlib
+    from minibert4rec.train import DEFAULT_PRESET
+    doc = (pathlib.Path(__file__).parents[1] / "docs" / "presets.md").read_text()
+    rows = {}
+    for line in doc.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) == 8 and cells[1].isdigit():
+            rows[cells[0].split()[0].strip("`")] = cells[1:]
+    rows["file"] = rows.pop("a")                                       # "a file given by path"
+    for name, preset in {**PRESETS, "file": DEFAULT_PRESET}.items():
+        n, ratio, preds, step, dropout, copies, epochs = rows[name]
+        hidden, attention = (float(x) for x in dropout.split("/"))
+        assert (int(n), float(ratio), int(preds), int(step), hidden, attention, int(copies),
+                int(epochs)) == tuple(preset[k] for k in (
+                    "max_len", "mask_ratio", "max_predictions", "sliding_step", "hidden_dropout",
+                    "attention_dropout", "cloze_copies", "epochs")), name
