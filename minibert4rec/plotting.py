@@ -391,5 +391,6 @@ def plot_positional_encodings(table, path=None, title="Positional encodings",
 
 
 __all__ = ["show_heatmaps", "show_heatmap_groups", "show_masks", "plot_lines",
-           "plot_training_curve", "plot_runs_curves", "plot_positional_encodings", "save_figure", "as_grid",
+           "plot_training_curve", "plot_runs_curves", "plot_positional_encodings", "save_figure",
+           "as_grid",
            "MASK_COLOURS", "MASK_TICKS"]
