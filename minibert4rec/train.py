@@ -61,7 +61,7 @@ FORMAT_VERSION = 1
 # this beat 1 + 1 clearly: docs/beauty.md). The demo data and unknown files keep 1 + 1.
 PRESETS = {
     "beauty": dict(max_len=50, mask_ratio=0.6, max_predictions=30, sliding_step=5,
-                   hidden_dropout=0.5, attention_dropout=0.2, cloze_copies=10, epochs=20),
+                   hidden_dropout=0.3, attention_dropout=0.2, cloze_copies=10, epochs=10),
     "ml-1m": dict(max_len=200, mask_ratio=0.2, max_predictions=40, sliding_step=100,
                   hidden_dropout=0.2, attention_dropout=0.2, cloze_copies=10, epochs=20),
     "ml-100k": dict(max_len=50, mask_ratio=0.2, max_predictions=40, sliding_step=25,
