@@ -70,24 +70,25 @@ def numerical_vjp(f, x, dout, h=DEFAULT_H, indices=None):
     """Centred-difference gradient of sum(f() * dout) with respect to array ``x``.
 
     f: a function of no arguments that reads ``x`` (perturbed in place here)
-    x: float64 array;  dout: array shaped like f()'s output
-    indices: optional iterable of flat indices to check (default: every element);
-             unchecked entries are returned as NaN.
+    x: float64 array, any strides;  dout: array shaped like f()'s output
+    indices: optional iterable of flat (C-order) indices to check (default: every
+             element); unchecked entries are returned as NaN.
     Returns an array shaped like x.
     """
     grad = np.full(x.shape, np.nan) if indices is not None else np.zeros(x.shape)
-    flat = x.reshape(-1)            # a view: writing into it perturbs x
-    gflat = grad.reshape(-1)
-    for i in (range(flat.size) if indices is None else indices):
-        old = flat[i]
-        flat[i] = old + h
-        plus = np.asarray(f(), dtype=np.float64)
-        flat[i] = old - h
-        minus = np.asarray(f(), dtype=np.float64)
-        flat[i] = old
+    for i in (range(x.size) if indices is None else indices):
+        at = np.unravel_index(i, x.shape)   # x[at], not x.reshape(-1)[i]: for a transposed
+        old = x[at]                         # x, reshape copies and the nudge would be lost
+        x[at] = old + h
+        # np.array copies: a forward may return a view of x (dropout in eval mode,
+        # split_heads), which the next nudge would otherwise change under our feet
+        plus = np.array(f(), dtype=np.float64)
+        x[at] = old - h
+        minus = np.array(f(), dtype=np.float64)
+        x[at] = old
         # subtract the outputs BEFORE weighting and summing: the large common
         # part cancels exactly, so less round-off survives than in S(+) - S(-)
-        gflat[i] = np.sum((plus - minus) * dout) / (2 * h)
+        grad[at] = np.sum((plus - minus) * dout) / (2 * h)
     return grad
 
 
@@ -738,10 +739,7 @@ def grade(name, backward, forward=None, seed=0):
                 errors[(i, n)] = float("nan")
                 mark(n)
                 continue
-            # a copy of the output: a forward may return a view of its input (dropout in
-            # eval mode, split_heads), which the perturbation would change under our feet
-            num = numerical_vjp(lambda: np.array(case.run(fwd, case.arrays)[0], dtype=np.float64),
-                                x, dout)
+            num = numerical_vjp(lambda: case.run(fwd, case.arrays)[0], x, dout)
             err = rel_error(num, grads[n])
             ok = bool(err < case.tol)                                 # NaN compares False: wrong
             errors[(i, n)] = err

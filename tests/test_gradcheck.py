@@ -37,6 +37,32 @@ def test_checker_accepts_a_student_layer_and_rejects_a_wrong_one():
     assert res["x"].passed and res["W"].passed and not res["b"].passed
 
 
+def test_checker_accepts_forwards_that_return_a_view_of_their_input():
+    # dropout in eval mode returns x itself and split_heads a transposed view of it: the
+    # nudged input must not change an output already computed (else plus - minus = 0)
+    rng = np.random.default_rng(1)
+    x = {"x": rng.standard_normal((2, 3, 4))}
+    ident = check_gradients(lambda a: Ly.dropout_forward(a["x"], 0.5, train=False),
+                            lambda d, c: {"x": Ly.dropout_backward(d, c)[0]}, x)
+    split = check_gradients(lambda a: (A.split_heads(a["x"], 2), None),
+                            lambda d, c: {"x": A.merge_heads(d)}, x)
+    assert all(r.passed for r in ident + split), ident + split
+
+
+def test_checker_nudges_a_non_contiguous_input():
+    # a transposed array: x.reshape(-1) would be a copy, and nudging it would not reach x
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((5, 3)).T
+    assert not x.flags.c_contiguous
+    res = check_gradients(lambda a: Ly.gelu_forward(a["x"]),
+                          lambda d, c: {"x": Ly.gelu_backward(d, c)[0]}, {"x": x})
+    assert res[0].passed, res
+    dout = rng.standard_normal(x.shape)
+    some = numerical_vjp(lambda: x ** 2, x, dout, indices=[0, 7])   # flat C-order indices
+    assert np.allclose(some.reshape(-1)[[0, 7]], (2 * x * dout).reshape(-1)[[0, 7]])
+    assert np.isnan(some).sum() == x.size - 2
+
+
 def test_checker_requires_float64():
     with pytest.raises(TypeError):
         check_gradients(lambda a: (a["x"], None), lambda d, c: {"x": d},
