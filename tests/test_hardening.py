@@ -39,7 +39,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from minibert4rec import cli, files, runs
-from minibert4rec.errors import InputError
 
 ARGS = ["--epochs", "2", "--hidden", "8", "--heads", "2", "--layers", "1", "--max-len", "8",
         "--batch-size", "16", "--negatives", "5", "--threads", "1", "--warmup", "2",
