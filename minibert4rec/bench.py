@@ -60,8 +60,8 @@ from .model import BERT4Rec, Config
 # ----------------------------------------------------------------------------
 
 #: The benchmark shapes. ``lengths`` names the law of the synthetic users'
-#: training-sequence lengths (see ``user_lengths``). Dropouts are the presets'
-#: (they cost time: a random mask per dropout site).
+#: training-sequence lengths (see ``user_lengths``). Dropouts are the authors'
+#: (they cost time: a random mask per dropout site, whatever its rate).
 CONFIGS = {
     "beauty": dict(vocab_size=54544, max_len=50, hidden=64, layers=2, heads=2, batch_size=256,
                    mask_ratio=0.6, max_predictions=30, sliding_step=5, hidden_dropout=0.5,

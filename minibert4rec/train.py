@@ -53,7 +53,7 @@ from .model import BERT4Rec, Config
 FORMAT_VERSION = 1
 
 # What `train --dataset NAME` trains (docs/presets.md: each choice and its evidence).
-# ml-1m: the paper's / authors' settings (reference table); beauty: the same except hidden
+# ml-1m: the paper's / authors' values for these keys; beauty: the same except hidden
 # dropout 0.3 (chosen on --holdout-validation) and 10 epochs. ml-100k: ML-1m's
 # mask ratio and dropout with windows of N = 50 (step N / 2, as the authors' 0.5 N), chosen
 # by validation (--holdout-validation) for a model that beats popularity within minutes.
