@@ -185,7 +185,8 @@ def _exclusion_mask(histories: Sequence[np.ndarray], targets: np.ndarray, vocab_
         items = np.concatenate([np.asarray(h, dtype=np.int64).ravel() for h in histories])
         if items.min() < 0 or items.max() > vocab_size - 2:
             raise InputError(f"history ids must lie in 1..{vocab_size - 2} (0 = padding is ignored)")
-        excluded[np.repeat(np.arange(B), lengths), items] = True       # np.put-style scatter
+        # one (row, column) pair per history item: row b repeated len(history b) times
+        excluded[np.repeat(np.arange(B), lengths), items] = True
     excluded[np.arange(B), targets] = False
     return excluded
 

@@ -162,7 +162,8 @@ def _with_dropout(p, seed=123):
 
 def _training_loss(kernels):
     """The training loss of ``kernels`` ("reference" or "fast"); the fast one cut into
-    chunks of 3 rows and tiles of 4 columns, so that the tiling itself is checked."""
+    chunks of 3 rows and tiles of about 12 elements (3 rows x 4 columns), so that the
+    tiling itself is checked."""
     from .fast import output_loss_for
     loss_fn = output_loss_for(kernels)
     if kernels == "fast":
@@ -309,7 +310,7 @@ def suite(seed=0, tol=DEFAULT_TOL, model_tol=MODEL_TOL, kernels="reference"):
         lambda d, c: {"logits": Mo.cross_entropy_backward(float(d), c)[0]},
         {"logits": r(len(targets), V)})
     # the training loss (tied logits + loss, forward and backward in one call), with
-    # a repeated target; the fast one in chunks of 3 rows and tiles of 4 columns
+    # a repeated target; the fast one in chunks of 3 rows and tiles of about 12 logits
     loss_fn = _training_loss(kernels)
     add(f"14 output loss (training path, {kernels})",
         lambda a: (loss_fn(a["n"], a["E"], a["b"], targets, weights)[0], None),
@@ -331,7 +332,7 @@ def model_checks(seed=0, tol=MODEL_TOL, configs=None, kernels="reference"):
     ]
     _, _, ids = _suite_inputs(seed)
     V_m = 10
-    ids = ids % (V_m - 1)                       # items 1..8, pad 0, [MASK] = 9
+    ids = np.minimum(ids, V_m - 2)              # items 1..8 (the 9 becomes 8), pad 0, [MASK] = 9
     ids[1, 3:] = 0
     ids[0, 2] = ids[1, 1] = V_m - 1             # two [MASK]ed positions ...
     sel = np.array([2, T + 1, 4])               # ... plus one ordinary position

@@ -98,7 +98,8 @@ def softmax_forward(x):
     Subtracting the row maximum first changes nothing mathematically
     (softmax(x) = softmax(x - c)) and keeps exp() from overflowing.
     """
-    e = np.exp(x - x.max(axis=-1, keepdims=True))   # (..., K), every entry in (0, 1]
+    e = np.exp(x - x.max(axis=-1, keepdims=True))   # (..., K), in [0, 1]: 1 at the maximum,
+                                                    # 0 where exp underflows (masked keys)
     y = e / e.sum(axis=-1, keepdims=True)           # (..., K)
     return y, y
 
@@ -306,7 +307,10 @@ def embedding_forward(ids, table, padding_id=None):
 
     If ``padding_id`` is given, positions holding it produce a zero vector and
     send no gradient to the table (PyTorch's ``padding_idx``). BERT4Rec's loss
-    never depends on padded positions, so this only keeps row 0 clean.
+    never depends on padded positions, so this changes no loss: it only keeps
+    the lookup's gradient out of row 0. (With the tied output head, row 0 is
+    still a column of the training softmax, as [MASK]'s row is, and gets
+    gradient there, as in the authors' code.)
     """
     out = table[ids]                                   # (..., D), a copy
     if padding_id is not None:
