@@ -49,6 +49,7 @@ from .errors import InputError
 from .fast import KERNELS
 from .fast.threads import blas_thread_limit
 from .model import BERT4Rec, Config
+from .optim import AdamWeightDecay
 
 FORMAT_VERSION = 1
 
@@ -669,10 +670,12 @@ def _train_loop(tcfg, mcfg, ds, split, sampler, steps_per_epoch, valid_neg, fold
     else:
         params, best_params, moments, state, legacy = checkpoint
         model = BERT4Rec(mcfg, params={k: v.astype(np.float32, copy=False) for k, v in params.items()})
-    model.output_loss = fast.output_loss_for(tcfg.kernels)     # the same numbers either way
-    opt = fast.optimizer_for(tcfg.kernels)(model.params, lr=tcfg.lr, weight_decay=tcfg.weight_decay,
-                          warmup=tcfg.warmup, total_steps=steps_per_epoch * tcfg.decay_epochs,
-                          clip_norm=tcfg.clip_norm)
+    Optimizer = AdamWeightDecay                   # optim.py; the loss is model.output_loss
+    if tcfg.kernels == "fast":                    # the same numbers, faster: minibert4rec/fast
+        model.output_loss = fast.output_loss_for("fast")
+        Optimizer = fast.optimizer_for("fast")
+    opt = Optimizer(model.params, lr=tcfg.lr, weight_decay=tcfg.weight_decay, warmup=tcfg.warmup,
+                    total_steps=steps_per_epoch * tcfg.decay_epochs, clip_norm=tcfg.clip_norm)
     popularity = ds.popularity()
 
     if state is None:
