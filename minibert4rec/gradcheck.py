@@ -175,6 +175,9 @@ def _training_loss(kernels):
 def suite(seed=0, tol=DEFAULT_TOL, model_tol=MODEL_TOL, kernels="reference"):
     """Gradient-check all 14 parts (and the whole model); returns a list of CheckResult.
 
+    Parts are numbered as the sections of layers.py (1-8), attention.py (9-10),
+    encoder.py (11-12) and model.py (13-14).
+
     kernels: "reference" (the plain layers) or "fast": the training loss (and
     the whole-model check) then use ``minibert4rec.fast``'s fused output head.
     """
@@ -190,53 +193,54 @@ def suite(seed=0, tol=DEFAULT_TOL, model_tol=MODEL_TOL, kernels="reference"):
     def add(component, fwd, bwd, arrays, **kw):
         res.extend(check_gradients(fwd, bwd, arrays, component=component, seed=seed, tol=tol, **kw))
 
-    # 1. item embedding (repeated id 1, padding id 0)
-    add("1 item embedding",
-        lambda a: Ly.embedding_forward(ids, a["table"], padding_id=0),
-        lambda d, c: {"table": Ly.embedding_backward(d, c)[0]}, {"table": r(V, D)})
-    # 2. learned positions
-    add("2 learned position",
-        lambda a: Ly.learned_position_forward(a["x"], a["P"]),
-        lambda d, c: dict(zip(("x", "P"), Ly.learned_position_backward(d, c))),
-        {"x": r(B, T, D), "P": r(N, D)})
-    # 3. sinusoidal positions (fixed table: only the input has a gradient)
-    table = Ly.sinusoidal_table(N, D)
-    add("3 sinusoidal position",
-        lambda a: Ly.sinusoidal_position_forward(a["x"], table),
-        lambda d, c: {"x": Ly.sinusoidal_position_backward(d, c)[0]}, {"x": r(B, T, D)})
-    # 4. linear
-    add("4 linear",
+    # 1. linear
+    add("1 linear",
         lambda a: Ly.linear_forward(a["x"], a["W"], a["b"]),
         lambda d, c: dict(zip(("x", "W", "b"), Ly.linear_backward(d, c))),
         {"x": r(B, T, D), "W": r(D, F), "b": r(F)})
-    # 5. LayerNorm (eps 1e-5 here: with 1e-12 a float64 check is equally fine, but
-    #    a larger eps also exercises that eps sits inside the square root)
-    add("5 layernorm",
-        lambda a: Ly.layernorm_forward(a["x"], a["g"], a["b"], eps=1e-5),
-        lambda d, c: dict(zip(("x", "g", "b"), Ly.layernorm_backward(d, c))),
-        {"x": r(B, T, D), "g": r(D), "b": r(D)})
-    # 6. GELU, both forms
-    for form in ("erf", "tanh"):
-        add(f"6 gelu ({form})",
-            lambda a, form=form: Ly.gelu_forward(a["x"], form),
-            lambda d, c: {"x": Ly.gelu_backward(d, c)[0]}, {"x": r(B, T, F)})
-    # 7. dropout (fixed seed inside the forward: the same units drop every call)
-    add("7 dropout",
-        lambda a: Ly.dropout_forward(a["x"], 0.3, np.random.default_rng(7), train=True),
-        lambda d, c: {"x": Ly.dropout_backward(d, c)[0]}, {"x": r(B, T, D)})
-    # 8. softmax and masked softmax (padded keys, causal, and one fully masked row)
-    add("8 softmax",
+    # 2. softmax
+    add("2 softmax",
         lambda a: Ly.softmax_forward(a["x"]),
         lambda d, c: {"x": Ly.softmax_backward(d, c)[0]}, {"x": r(B, H, T, T)})
+    # 3. masked softmax (padded keys, causal, and one fully masked row)
     full_masked = key_mask.copy()
     full_masked[1] = False                                     # sequence 1: every key masked
     for label, km, causal in (("padding", key_mask, False), ("causal+padding", key_mask, True),
                               ("all keys masked", full_masked, False)):
         m = Ly.additive_mask(km, causal=causal, dtype=np.float64)
-        add(f"8 masked softmax ({label})",
+        add(f"3 masked softmax ({label})",
             lambda a, m=m: Ly.masked_softmax_forward(a["scores"], m),
             lambda d, c: {"scores": Ly.masked_softmax_backward(d, c)[0]},
             {"scores": r(B, H, T, T)})
+    # 4. LayerNorm (eps 1e-5 here: with 1e-12 a float64 check is equally fine, but
+    #    a larger eps also exercises that eps sits inside the square root)
+    add("4 layernorm",
+        lambda a: Ly.layernorm_forward(a["x"], a["g"], a["b"], eps=1e-5),
+        lambda d, c: dict(zip(("x", "g", "b"), Ly.layernorm_backward(d, c))),
+        {"x": r(B, T, D), "g": r(D), "b": r(D)})
+    # 5. GELU, both forms
+    for form in ("erf", "tanh"):
+        add(f"5 gelu ({form})",
+            lambda a, form=form: Ly.gelu_forward(a["x"], form),
+            lambda d, c: {"x": Ly.gelu_backward(d, c)[0]}, {"x": r(B, T, F)})
+    # 6. dropout (fixed seed inside the forward: the same units drop every call)
+    add("6 dropout",
+        lambda a: Ly.dropout_forward(a["x"], 0.3, np.random.default_rng(7), train=True),
+        lambda d, c: {"x": Ly.dropout_backward(d, c)[0]}, {"x": r(B, T, D)})
+    # 7. item embedding (repeated id 1, padding id 0)
+    add("7 item embedding",
+        lambda a: Ly.embedding_forward(ids, a["table"], padding_id=0),
+        lambda d, c: {"table": Ly.embedding_backward(d, c)[0]}, {"table": r(V, D)})
+    # 8. positions: learned
+    add("8 learned position",
+        lambda a: Ly.learned_position_forward(a["x"], a["P"]),
+        lambda d, c: dict(zip(("x", "P"), Ly.learned_position_backward(d, c))),
+        {"x": r(B, T, D), "P": r(N, D)})
+    #    and sinusoidal (fixed table: only the input has a gradient)
+    table = Ly.sinusoidal_table(N, D)
+    add("8 sinusoidal position",
+        lambda a: Ly.sinusoidal_position_forward(a["x"], table),
+        lambda d, c: {"x": Ly.sinusoidal_position_backward(d, c)[0]}, {"x": r(B, T, D)})
     # 9. scaled dot-product attention, padding + causal, with attention dropout
     Dh = D // H
     for label, causal, p in (("padding", False, 0.0), ("causal", True, 0.0),
