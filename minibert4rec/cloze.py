@@ -76,7 +76,8 @@ def cloze_masks(lengths, max_len, mask_ratio, max_predictions, rng):
     k = np.minimum(k, lengths)
     keys = rng.random((W, max_len))                                    # (W, N) random priorities
     keys[np.arange(max_len)[None, :] >= lengths[:, None]] = np.inf     # padding is never chosen
-    rank = np.argsort(np.argsort(keys, axis=1), axis=1)                # rank of each position
+    # argsort gives the positions in key order; argsort of THAT gives each position's rank
+    rank = np.argsort(np.argsort(keys, axis=1), axis=1)                # (W, N) 0 = smallest key
     return rank < k[:, None]
 
 
@@ -148,7 +149,9 @@ class ClozeSampler:
             yield Batch(np.where(m, self.mask_id, x), sel, x.reshape(-1)[sel], lengths[idx])
 
     def n_batches(self, batch_size, bucket=50) -> int:
+        """The number of batches one epoch yields: each group of bucket x batch_size
+        instances is cut into batches on its own, so only a group's last batch is short."""
         group = batch_size * max(1, bucket)
         n = self.n_instances
         full, rest = divmod(n, group)
-        return full * -(-group // batch_size) + -(-rest // batch_size)
+        return full * -(-group // batch_size) + -(-rest // batch_size)   # -(-a // b) = ceil(a / b)

@@ -201,14 +201,15 @@ def from_interactions(name: str, users, items, timestamps=None) -> Dataset:
     order = order[np.argsort(user_codes[order], kind="stable")]   # group by user, keep time order
     user_codes, item_codes = user_codes[order], item_codes[order]
 
-    counts = np.bincount(item_codes)
-    first_seen = np.full(len(counts), len(item_codes))
-    np.minimum.at(first_seen, item_codes, np.arange(len(item_codes)))
-    by_frequency = np.lexsort((first_seen, -counts))              # ties: first appearance
-    new_id = np.empty(len(counts), dtype=np.int64)
-    new_id[by_frequency] = np.arange(1, len(counts) + 1)
+    counts = np.bincount(item_codes)                              # (I,) interactions per item
+    first_seen = np.full(len(counts), len(item_codes))            # (I,) row of its first use:
+    np.minimum.at(first_seen, item_codes, np.arange(len(item_codes)))  # min over its rows
+    # np.lexsort sorts by its LAST key first: most frequent first, ties by first appearance
+    by_frequency = np.lexsort((first_seen, -counts))              # (I,) old codes, new order
+    new_id = np.empty(len(counts), dtype=np.int64)                # (I,) old code -> new id
+    new_id[by_frequency] = np.arange(1, len(counts) + 1)          # the inverse permutation, + 1
 
-    starts = np.flatnonzero(np.diff(user_codes)) + 1
+    starts = np.flatnonzero(np.diff(user_codes)) + 1              # where a new user begins
     return Dataset(
         name=name,
         sequences=np.split(new_id[item_codes], starts),

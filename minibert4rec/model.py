@@ -407,6 +407,7 @@ class BERT4Rec:
         hg, _ = gather_rows(h, last)
         n, _ = head_transform_forward(hg, self.params, self.cfg.gelu, self.cfg.ln_eps)  # (B, D)
         E, b = self.params["item_emb"], self.params["out_bias"]
+        # score[b, c] = n[b] . E[candidates[b, c]]: each row's own candidates, (B, C)
         return np.einsum("bd,bcd->bc", n, E[candidates]) + b[candidates]
 
     def score_next(self, histories):
