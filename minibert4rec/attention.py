@@ -38,6 +38,8 @@ def attention_forward(q, k, v, mask=None, dropout_p=0.0, rng=None, train=True):
 
     Returns (out (B, H, Tq, Dh), weights (B, H, Tq, Tk), cache). ``weights`` are
     the probabilities BEFORE dropout: what the heat-maps show.
+    cache: (q, k, v, dropped (the weights after dropout), the softmax's cache,
+    dropout's cache, scale).
     """
     scale = 1.0 / math.sqrt(q.shape[-1])
     scores = (q @ k.swapaxes(-1, -2)) * scale                 # (B, H, Tq, Tk)
@@ -104,6 +106,8 @@ def mha_forward(x, p, H, mask=None, dropout_p=0.0, rng=None, train=True):
     mask: additive mask, broadcastable to (B, H, T, T), or None
 
     Returns (out (B, T, D), weights (B, H, T, T), cache).
+    cache: (the q, k and v projections' linear caches, attention's cache, the
+    output projection's cache, H).
     """
     B, T, D = x.shape
     if D % H:

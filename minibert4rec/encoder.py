@@ -33,7 +33,10 @@ BLOCK_PARAMS = MHA_PARAMS + ("ln1_g", "ln1_b") + FFN_PARAMS + ("ln2_g", "ln2_b")
 
 
 def ffn_forward(x, p, gelu="erf"):
-    """x: (B, T, D), p: W1 (D, F), b1 (F,), W2 (F, D), b2 (D,) -> out (B, T, D)."""
+    """x: (B, T, D), p: W1 (D, F), b1 (F,), W2 (F, D), b2 (D,) -> out (B, T, D).
+
+    cache: (the first linear's cache, GELU's, the second linear's).
+    """
     h, c1 = linear_forward(x, p["W1"], p["b1"])        # (B, T, F)
     g, c2 = gelu_forward(h, gelu)                       # (B, T, F)
     out, c3 = linear_forward(g, p["W2"], p["b2"])       # (B, T, D)
@@ -59,7 +62,10 @@ def ffn_backward(dout, cache):
 
 
 def residual_layernorm_forward(x, y, gamma, beta, dropout_p=0.0, rng=None, train=True, eps=1e-12):
-    """x: (B, T, D) the sublayer's input, y: (B, T, D) its output -> LN(x + Dropout(y))."""
+    """x: (B, T, D) the sublayer's input, y: (B, T, D) its output -> LN(x + Dropout(y)).
+
+    cache: (dropout's cache, LayerNorm's).
+    """
     yd, dcache = dropout_forward(y, dropout_p, rng, train)
     out, lcache = layernorm_forward(x + yd, gamma, beta, eps)
     return out, (dcache, lcache)
@@ -91,6 +97,7 @@ def block_forward(x, p, H, mask=None, hidden_dropout=0.0, attention_dropout=0.0,
     x: (B, T, D)   p: the block's parameters (see the module docstring)
     mask: additive attention mask broadcastable to (B, H, T, T), or None
     Returns (out (B, T, D), attention weights (B, H, T, T), cache).
+    cache: (attention's, the first sublayer's, the FFN's, the second sublayer's).
     """
     att, weights, c_att = mha_forward(x, p, H, mask, attention_dropout, rng, train)
     a, c_ln1 = residual_layernorm_forward(x, att, p["ln1_g"], p["ln1_b"], hidden_dropout, rng, train, eps)
@@ -100,7 +107,12 @@ def block_forward(x, p, H, mask=None, hidden_dropout=0.0, attention_dropout=0.0,
 
 
 def block_backward(dout, cache):
-    """dout: (B, T, D) -> (dx (B, T, D), grads (same keys as the block's parameters))."""
+    """dout: (B, T, D) -> (dx (B, T, D), grads (same keys as the block's parameters)).
+
+    The forward's four lines in reverse order, each through its own backward. Two
+    tensors feed two places each (x: attention and the first residual; a: the FFN
+    and the second residual), so their gradients are sums of two terms.
+    """
     c_att, c_ln1, c_ffn, c_ln2 = cache
     # forward: out = LN2(a + Dropout(f)),  f = FFN(a)
     da, df, dln2_g, dln2_b = residual_layernorm_backward(dout, c_ln2)

@@ -64,6 +64,7 @@ def linear_forward(x, W, b):
     """Affine map applied to the last axis.
 
     x: (..., Din)   W: (Din, Dout)   b: (Dout,)   ->   out: (..., Dout)
+    cache: (x, W), the two factors the backward multiplies dout by.
     """
     x2 = x.reshape(-1, x.shape[-1])                 # (R, Din): every leading index is a row
     out = (x2 @ W + b).reshape(*x.shape[:-1], W.shape[1])   # one matrix product for all rows
@@ -97,6 +98,7 @@ def softmax_forward(x):
 
     Subtracting the row maximum first changes nothing mathematically
     (softmax(x) = softmax(x - c)) and keeps exp() from overflowing.
+    cache: y itself: softmax's gradient needs only its output.
     """
     e = np.exp(x - x.max(axis=-1, keepdims=True))   # (..., K), in [0, 1]: 1 at the maximum,
                                                     # 0 where exp underflows (masked keys)
@@ -156,8 +158,10 @@ def masked_softmax_forward(scores, mask):
     A row whose keys are ALL masked does not produce NaN: every entry is
     shifted by the same -10000, which the max-subtraction removes, so the row
     becomes (up to float32's rounding of scores - 10000) the ordinary softmax of
-    its raw scores (it attends over the padded keys). Such rows only occur for padded queries, whose outputs never reach
-    the loss. (With -inf instead of -10000 they would be 0/0 = NaN.)
+    its raw scores (it attends over the padded keys). Such rows only occur for
+    padded queries, whose outputs never reach the loss. (With -inf instead of
+    -10000 they would be 0/0 = NaN.)
+    cache: softmax's, the weights themselves.
     """
     z = scores if mask is None else scores + mask
     return softmax_forward(z)
@@ -184,6 +188,7 @@ def layernorm_forward(x, gamma, beta, eps=1e-12):
 
     As BERT (and the authors' TensorFlow code): variance is the biased one
     (divide by D, not D - 1) and eps = 1e-12 sits inside the square root.
+    cache: (xhat (..., D), rstd (..., 1), gamma (D,)): all the backward needs.
     """
     mean = x.mean(axis=-1, keepdims=True)                  # (..., 1)
     xc = x - mean                                          # (..., D)
@@ -311,6 +316,8 @@ def embedding_forward(ids, table, padding_id=None):
     the lookup's gradient out of row 0. (With the tied output head, row 0 is
     still a column of the training softmax, as [MASK]'s row is, and gets
     gradient there, as in the authors' code.)
+    cache: (ids, table.shape, padding_id): the gradient scatters dout into a zero
+    table of that shape; the table's values are not needed.
     """
     out = table[ids]                                   # (..., D), a copy
     if padding_id is not None:

@@ -108,7 +108,12 @@ def truncated_normal(rng, shape, std, dtype):
 
 def init_params(cfg: Config, seed=0, dtype=np.float32) -> dict:
     """All trainable parameters by name: weights truncated normal (std cfg.init_std, 0.02),
-    biases 0, LayerNorm gamma 1."""
+    biases 0, LayerNorm gamma 1. Shapes (V vocabulary, N max_len, D hidden, F ffn):
+      item_emb (V, D), pos_emb (N, D) if learned, emb_ln_g/_b (D,);
+      per layer l: layer{l}.Wq/Wk/Wv/Wo (D, D), .bq/bk/bv/bo (D,), .ln1_g/_b (D,),
+                   .W1 (D, F), .b1 (F,), .W2 (F, D), .b2 (D,), .ln2_g/_b (D,);
+      head_W (D, D), head_b (D,), head_ln_g/_b (D,), out_bias (V,).
+    """
     rng = np.random.default_rng(seed)
     V, N, D, F = cfg.vocab_size, cfg.max_len, cfg.hidden, cfg.ffn
     tn = lambda *shape: truncated_normal(rng, shape, cfg.init_std, dtype)  # noqa: E731
@@ -287,13 +292,19 @@ class BERT4Rec:
         self.params = params if params is not None else init_params(cfg, seed, dtype)
         self.dtype = self.params["item_emb"].dtype
         self.attention = None
-        self._sin = (sinusoidal_table(cfg.max_len, cfg.hidden, self.dtype)
+        self._sin = (sinusoidal_table(cfg.max_len, cfg.hidden, self.dtype)   # (N, D), fixed
                      if cfg.position == "sinusoidal" else None)
 
     # -- encoder: ids -> hidden states -------------------------------------------------
 
     def encode(self, ids, rng=None, train=False, keep_attention=True):
-        """ids: (B, T) int -> hidden states (B, T, D), cache. Padding (id 0) keys are masked."""
+        """ids: (B, T) int -> hidden states (B, T, D), cache. Padding (id 0) keys are masked.
+
+        x = Dropout(LN(E[ids] + P)), then the L encoder blocks. The attention weights
+        of every layer are kept in ``self.attention`` (L, B, H, T, T) for the maps.
+        cache: (the lookup's, the position's, the LayerNorm's and dropout's caches,
+        the list of the L blocks' caches).
+        """
         cfg, p = self.cfg, self.params
         if ids.shape[1] > cfg.max_len:
             raise InputError(f"sequence length {ids.shape[1]} exceeds max_len {cfg.max_len}")
@@ -321,6 +332,8 @@ class BERT4Rec:
 
         ``grads["item_emb"]`` must already hold the output layer's share of the
         tied item table's gradient: the lookup's share is added to it. Returns None.
+        The forward's steps in reverse: the blocks from last to first, dropout,
+        LayerNorm, the position (its table's gradient if learned), the lookup.
         """
         cfg = self.cfg
         c_emb, c_pos, c_ln, c_drop, block_caches = cache
