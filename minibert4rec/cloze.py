@@ -32,8 +32,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-PAD = 0
-
 
 def make_windows(sequences, max_len, step):
     """Cut sequences into windows of at most ``max_len`` items.

@@ -16,7 +16,8 @@ The pad and mask columns of a score matrix are never candidates.
 
 Axis letters used in shapes below:
     U  users evaluated              B  users in one batch
-    V  vocabulary size (n_items+2)  N  negatives per user (100 in the paper)
+    V  vocabulary size (n_items+2)  N  negatives per user (100 in the paper; in this
+                                       module only: elsewhere N is the maximum length)
 
 Two protocols
 -------------

@@ -206,6 +206,8 @@ def cross_entropy_forward(logits, targets, weights=None):
     """Mean negative log-likelihood of the targets over the real masked slots.
 
     logits: (M, V)   targets: (M,) int   weights: (M,) 1.0 = real slot, 0.0 = padding slot
+    (the authors pad every sequence's masked slots to max_predictions; here the cloze
+    batches gather only real slots, so training passes weights=None: all ones)
     loss = sum_m w_m * -log softmax(logits_m)[target_m] / (sum_m w_m + 1e-5)   (the authors')
 
     -log softmax(z)[t] = log sum_v exp(z_v) - z_t, computed after subtracting the
