@@ -2,6 +2,23 @@
 
 One call does everything:  ``train(TrainConfig(dataset="beauty"), run_dir="runs/beauty")``.
 
+The loop, without its bookkeeping (``_train_loop`` at the end of this file):
+
+    model = BERT4Rec(cfg)                                    # model.py
+    opt = AdamWeightDecay(model.params, lr, warmup, total_steps, ...)   # optim.py
+    for epoch in range(epochs):
+        for batch in sampler.epoch(batch_size, data_rng):    # cloze instances, cloze.py
+            loss, grads = model.loss_and_grads(batch.ids, batch.sel, batch.targets,
+                                               rng=dropout_rng, train=True)
+            opt.step(model.params, grads)                    # clip, learning rate, update
+        valid = evaluate(model.score_next, validation split, ...)   # evaluate.py, sampled
+        if valid["NDCG@10"] improved: keep a copy of the weights
+        write the checkpoint
+    the test metrics of the kept weights -> metrics.json
+
+Everything else here serves that loop: the settings (``TrainConfig``, the presets),
+the checkpoint and exact resume, Ctrl-C and time budgets, stopping a diverged run.
+
 A run directory holds (runs.py: the writer, the checks on reading back)
     config.json      format version, model and training settings, dataset (written first)
     items.txt        line i = the original id of item i (for `recommend`)
