@@ -35,12 +35,16 @@ generator inside ``fwd`` from a fixed seed, so every call drops the same units.
 from __future__ import annotations
 
 import functools
-from dataclasses import asdict, dataclass
+import math
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+# The step: a centred difference's truncation error is ~h^2 f''' ~ 1e-10 and its
+# round-off ~eps / h ~ 1e-11 (float64 eps 2e-16): h = 1e-5 keeps both small.
 DEFAULT_H = 1e-5
-DEFAULT_TOL = 1e-7   # layers reach ~1e-10 here; a wrong backward gives ~1e-2 or worse
+DEFAULT_TOL = 1e-7   # layers reach ~1e-10 here; a wrong backward gives ~1e-2 or worse, the
+                     # subtlest ones ~1e-6 (a loss divided by sum(w) instead of sum(w) + 1e-5)
 MODEL_TOL = 1e-6     # the whole model chains ~30 layers: round-off grows to ~2e-7
 FLOOR = 1e-2         # below this size a gradient is compared absolutely (see rel_error)
 
@@ -109,7 +113,9 @@ def check_gradients(forward, backward, arrays, *, component="", seed=0, h=DEFAUL
 
     forward(arrays) -> (out, cache): reads the float64 arrays of the dict ``arrays``
     backward(dout, cache) -> dict name -> gradient, for the arrays to check
-    names: which arrays to check (default: every key ``backward`` returns)
+    names: which arrays to check (default: every key ``backward`` returns, so an
+           array it leaves out is not checked: pass ``names=list(arrays)`` to
+           require a gradient for every array)
     max_checks: check at most this many random elements per array (default: all)
 
     Returns a list of CheckResult, one per checked array. A random ``dout``
@@ -125,6 +131,10 @@ def check_gradients(forward, backward, arrays, *, component="", seed=0, h=DEFAUL
     analytic = backward(dout.copy(), cache)
     results = []
     for name in (names or list(analytic)):
+        if name not in arrays or name not in analytic:
+            raise ValueError(f"{component} {name}: " + ("the backward returned a gradient for an "
+                             "array the forward does not take" if name not in arrays else
+                             "the backward returned no gradient for it"))
         x = arrays[name]
         idx = None
         if max_checks is not None and x.size > max_checks:
@@ -373,9 +383,12 @@ def model_checks(seed=0, tol=MODEL_TOL, configs=None, kernels="reference"):
 # a backward that raises, returns too few gradients or a wrong shape, gets a
 # report that says so. Shapes are drawn from ``seed`` with a different size on
 # every axis (B, T, H, Dh are 2..5 in some order, D = H Dh), so a transposed
-# gradient cannot pass by accident; masks contain padding, ids repeat.
+# gradient cannot pass by accident; masks contain padding, ids repeat; layers
+# that act on the last axis get a 3-D and a 2-D input, dropout two rates.
+# ``grade`` checks that the gradients are right, not who wrote them: a student
+# who calls the library's own backward passes (notebooks/README.md, for instructors).
 
-GRADE_TOL = DEFAULT_TOL   # right answers reach ~1e-10 here; wrong ones 1e-3 or worse
+GRADE_TOL = DEFAULT_TOL   # right answers reach ~1e-10 here; most wrong ones 1e-3 or worse
 
 
 @dataclass
@@ -389,12 +402,21 @@ class GradeResult:
     wrong:   the inputs whose gradient is wrong, e.g. ["x"]; "forward" when the forward's
              output differs from the library's, "backward" when the backward raised or
              returned something that is not one gradient per input
+    cases:   one dict per case: {"case": number, "label": shapes and options, "tol": the
+             tolerance it used, "passed": bool, "errors": {input: error or None},
+             "problem": what went wrong with the forward or backward, or None}
     """
     name: str
     passed: bool
     report: str
     errors: dict
     wrong: list
+    cases: list = field(default_factory=list)
+
+    def as_dict(self) -> dict:
+        """The result as plain JSON types (a grading script's ``json.dumps(r.as_dict())``)."""
+        return {"name": self.name, "passed": self.passed, "wrong": list(self.wrong),
+                "cases": self.cases, "report": self.report}
 
     def __str__(self):
         return self.report
@@ -455,14 +477,25 @@ def _grade_specs():
     from . import layers as Ly
     from . import model as Mo
 
+    # The element-wise and last-axis layers get a 3-D input (B, T, D) AND a 2-D one
+    # (M, D), as the output head gives them: an answer that assumes three axes fails.
+    def leading_shapes(s):
+        return ((s["B"], s["T"]), (s["M"],))
+
     def linear_cases(rng, s):
-        a = {"x": rng.standard_normal((s["B"], s["T"], s["D"])),
-             "W": rng.standard_normal((s["D"], s["Dout"])), "b": rng.standard_normal(s["Dout"])}
-        return [_Case(_shape_label(a), a, lambda f, a: f(a["x"], a["W"], a["b"]))]
+        W, b = rng.standard_normal((s["D"], s["Dout"])), rng.standard_normal(s["Dout"])
+        cases = []
+        for lead in leading_shapes(s):
+            a = {"x": rng.standard_normal((*lead, s["D"])), "W": W.copy(), "b": b.copy()}
+            cases.append(_Case(_shape_label(a), a, lambda f, a: f(a["x"], a["W"], a["b"])))
+        return cases
 
     def softmax_cases(rng, s):
-        a = {"x": 2 * rng.standard_normal((s["B"], s["T"], s["Dout"]))}
-        return [_Case(_shape_label(a), a, lambda f, a: f(a["x"]))]
+        cases = []
+        for lead in leading_shapes(s):
+            a = {"x": 2 * rng.standard_normal((*lead, s["Dout"]))}
+            cases.append(_Case(_shape_label(a), a, lambda f, a: f(a["x"])))
+        return cases
 
     def masked_softmax_cases(rng, s):
         cases = []
@@ -480,21 +513,30 @@ def _grade_specs():
         return cases
 
     def layernorm_cases(rng, s):
-        a = {"x": rng.standard_normal((s["B"], s["T"], s["D"])),
-             "gamma": 1 + 0.5 * rng.standard_normal(s["D"]), "beta": rng.standard_normal(s["D"])}
-        return [_Case(_shape_label(a, "eps 1e-5"), a,
-                      lambda f, a: f(a["x"], a["gamma"], a["beta"], 1e-5))]
+        cases = []
+        for lead in leading_shapes(s):
+            a = {"x": rng.standard_normal((*lead, s["D"])),
+                 "gamma": 1 + 0.5 * rng.standard_normal(s["D"]), "beta": rng.standard_normal(s["D"])}
+            cases.append(_Case(_shape_label(a, "eps 1e-5"), a,
+                               lambda f, a: f(a["x"], a["gamma"], a["beta"], 1e-5)))
+        return cases
 
     def gelu_cases(rng, s):
-        a = {"x": 1.5 * rng.standard_normal((s["B"], s["T"], s["D"]))}
-        return [_Case(_shape_label(a, "exact (erf) form"), a, lambda f, a: f(a["x"]))]
+        cases = []
+        for lead in leading_shapes(s):
+            a = {"x": 1.5 * rng.standard_normal((*lead, s["D"]))}
+            cases.append(_Case(_shape_label(a, "exact (erf) form"), a, lambda f, a: f(a["x"])))
+        return cases
 
     def dropout_cases(rng, s):
+        # two rates: an answer that hard-codes 1 / (1 - 0.3) fails the second
         cases = []
-        for label, train in (("p 0.3, training", True), ("p 0.3, eval mode (the identity)", False)):
-            a = {"x": rng.standard_normal((s["B"], s["T"], s["D"]))}
+        for label, lead, p, train in (("p 0.3, training", (s["B"], s["T"]), 0.3, True),
+                                      ("p 0.5, training", (s["M"],), 0.5, True),
+                                      ("p 0.3, eval mode (the identity)", (s["B"], s["T"]), 0.3, False)):
+            a = {"x": rng.standard_normal((*lead, s["D"]))}
             cases.append(_Case(_shape_label(a, label), a,
-                               lambda f, a, train=train: f(a["x"], 0.3, _fixed_rng(), train)))
+                               lambda f, a, p=p, train=train: f(a["x"], p, _fixed_rng(), train)))
         return cases
 
     def embedding_cases(rng, s):
@@ -699,9 +741,14 @@ def grade(name, backward, forward=None, seed=0):
         if what not in wrong:
             wrong.append(what)
 
+    records = []
     for i, case in enumerate(spec.cases(rng, sizes), 1):
         lines.append(f"  case {i}: {case.label}")
+        record = {"case": i, "label": case.label, "tol": case.tol, "passed": False,
+                  "errors": {}, "problem": None}
+        records.append(record)
         fresh = lambda: {k: v.copy() for k, v in case.arrays.items()}  # noqa: E731
+        case_ok = True
         if forward is not None:                                       # the student's forward first
             try:
                 got = case.run(forward, fresh())
@@ -710,31 +757,38 @@ def grade(name, backward, forward=None, seed=0):
                 out_ref = np.asarray(case.run(spec.forward, fresh())[0], dtype=np.float64)
                 out_s = np.asarray(got[0], dtype=np.float64)
             except Exception as err:                                  # noqa: BLE001 (reported)
-                lines.append(f"    {'forward':<9s} {_problem(err, 'forward')}")
+                record["problem"] = _problem(err, "forward")
+                lines.append(f"    {'forward':<9s} {record['problem']}")
                 mark("forward")
                 continue
             if out_s.shape != out_ref.shape:
+                record["problem"] = f"forward output shape {out_s.shape}, the library's {out_ref.shape}"
                 lines.append(f"    {'forward':<9s} output shape {out_s.shape}, the library's {out_ref.shape}  WRONG")
                 mark("forward")
                 continue
             err = rel_error(out_ref, out_s)
             ok = err < GRADE_TOL
             errors[(i, "forward")] = err
+            record["errors"]["forward"] = err if math.isfinite(err) else None
             lines.append(f"    {'forward':<9s} relative error {err:.1e} against the library's forward  "
                          f"{'ok' if ok else 'WRONG'}")
             if not ok:
                 mark("forward")
+                case_ok = False
         out, cache = case.run(fwd, fresh())
         scalar = np.ndim(out) == 0
-        dout = float(rng.standard_normal()) if scalar else rng.standard_normal(np.shape(out))
+        case_rng = np.random.default_rng([seed, i])    # the same dout whatever earlier cases did
+        dout = float(case_rng.standard_normal()) if scalar else case_rng.standard_normal(np.shape(out))
         try:
             result = backward(dout if scalar else dout.copy(), cache)
         except Exception as err:                                      # noqa: BLE001 (reported)
-            lines.append(f"    {_problem(err, 'backward')}")
+            record["problem"] = _problem(err, "backward")
+            lines.append(f"    {record['problem']}")
             mark("backward")
             continue
         grads, bad = _as_gradients(result, spec.inputs, case.arrays)
         if grads is None:
+            record["problem"] = bad
             lines.append(f"    {bad}")
             mark("backward")
             continue
@@ -743,15 +797,21 @@ def grade(name, backward, forward=None, seed=0):
             if n in bad:
                 lines.append(f"    d{n:<8s} {bad[n]}  WRONG")
                 errors[(i, n)] = float("nan")
+                record["errors"][n] = None
+                record["problem"] = f"d{n} {bad[n]}"
                 mark(n)
+                case_ok = False
                 continue
             num = numerical_vjp(lambda: case.run(fwd, case.arrays)[0], x, dout)
             err = rel_error(num, grads[n])
             ok = bool(err < case.tol)                                 # NaN compares False: wrong
             errors[(i, n)] = err
+            record["errors"][n] = err if math.isfinite(err) else None
             lines.append(f"    d{n:<8s} max relative error {err:.1e}  {'ok' if ok else 'WRONG'}")
             if not ok:
                 mark(n)
+                case_ok = False
+        record["passed"] = case_ok
     passed = not wrong
     head = [f"grade({name!r}): {'PASSED' if passed else 'FAILED'}   [{spec.about}]",
             f"  float64, centred differences (h = {DEFAULT_H:g}) against a random upstream gradient, "
@@ -763,4 +823,4 @@ def grade(name, backward, forward=None, seed=0):
         if "backward" in wrong:
             named.append("your backward (see above)")
         lines.append("  wrong: " + "; ".join(named))
-    return GradeResult(name, passed, "\n".join(head + lines), errors, wrong)
+    return GradeResult(name, passed, "\n".join(head + lines), errors, wrong, records)

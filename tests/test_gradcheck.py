@@ -63,6 +63,18 @@ def test_checker_nudges_a_non_contiguous_input():
     assert np.isnan(some).sum() == x.size - 2
 
 
+def test_checker_names_a_missing_or_unknown_gradient():
+    rng = np.random.default_rng(3)
+    arrays = {"x": rng.standard_normal((2, 3)), "W": rng.standard_normal((3, 4))}
+    fwd = lambda a: (a["x"] @ a["W"], (a["x"], a["W"]))  # noqa: E731
+    only_dx = lambda d, c: {"x": d @ c[1].T}  # noqa: E731
+    assert [r.tensor for r in check_gradients(fwd, only_dx, arrays)] == ["x"]   # by default
+    with pytest.raises(ValueError, match="W: the backward returned no gradient"):
+        check_gradients(fwd, only_dx, arrays, names=list(arrays))
+    with pytest.raises(ValueError, match="y: the backward returned a gradient for an array"):
+        check_gradients(fwd, lambda d, c: {"y": d}, arrays)
+
+
 def test_checker_requires_float64():
     with pytest.raises(TypeError):
         check_gradients(lambda a: (a["x"], None), lambda d, c: {"x": d},

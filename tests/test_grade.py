@@ -104,6 +104,19 @@ def dropout_without_scale(dout, cache):
     return (dout * keep,)                                         # forgot the 1/(1-p)
 
 
+def dropout_with_a_fixed_rate(dout, cache):
+    if cache is None:
+        return (dout,)
+    keep, scale = cache
+    return (dout * keep / 0.7,)                                   # 1/(1-p) for p = 0.3 only
+
+
+def layernorm_summing_two_axes(dout, cache):
+    xhat, rstd, gamma = cache
+    dx, _, _ = Ly.layernorm_backward(dout, cache)
+    return dx, (dout * xhat).sum(axis=(0, 1)), dout.sum(axis=(0, 1))   # right for 3-D inputs only
+
+
 def split_heads_backward_wrong_transpose(dout, H):
     B, H, T, Dh = dout.shape
     return (dout.transpose(0, 2, 3, 1).reshape(B, T, H * Dh),)   # (B, T, Dh, H): columns interleaved
@@ -160,6 +173,8 @@ WRONG = [
     ("gelu", gelu_without_x_pdf, ["x"]),
     ("embedding", embedding_losing_repeats, ["table"]),
     ("dropout", dropout_without_scale, ["x"]),
+    ("dropout", dropout_with_a_fixed_rate, ["x"]),
+    ("layernorm", layernorm_summing_two_axes, ["gamma", "beta"]),
     ("split_heads", split_heads_backward_wrong_transpose, ["x"]),
     ("merge_heads", merge_heads_backward_without_transpose, ["x"]),
     ("cross_entropy", cross_entropy_without_weights, ["logits"]),
@@ -184,6 +199,50 @@ def test_a_wrong_backward_fails_naming_its_input(name, wrong, inputs):
         right = [n for n in _grade_specs()[name].inputs if n not in inputs]
         for n in right:                                           # the right ones are not blamed
             assert f"d{n} (" not in last
+
+
+def linear_for_three_axes_only(dout, cache):
+    x, W = cache
+    B, T, D = x.shape                                             # the output head's rows are 2-D
+    return Ly.linear_backward(dout, cache)
+
+
+def test_an_answer_that_assumes_three_axes_fails():
+    r = grade("linear", linear_for_three_axes_only)
+    assert not r.passed and r.wrong == ["backward"], r.report
+    assert "not enough values to unpack" in r.report and "line" in r.report
+
+
+def test_the_result_as_json():
+    import json
+    good, bad = grade("dropout", Ly.dropout_backward), grade("dropout", dropout_with_a_fixed_rate)
+    for r in (good, bad):
+        d = json.loads(json.dumps(r.as_dict(), allow_nan=False))
+        assert d["name"] == "dropout" and d["passed"] == r.passed and d["wrong"] == r.wrong
+        assert [c["case"] for c in d["cases"]] == [1, 2, 3]
+        for c in d["cases"]:
+            assert c["tol"] == pytest.approx(1e-7) and set(c["errors"]) == {"x"}
+            assert c["passed"] == (c["errors"]["x"] < c["tol"])
+    assert [c["passed"] for c in bad.as_dict()["cases"]] == [True, False, True]
+    raised = grade("linear", linear_for_three_axes_only).as_dict()
+    assert raised["cases"][0]["passed"] and not raised["cases"][1]["passed"]
+    assert "ValueError" in raised["cases"][1]["problem"]
+
+
+def test_each_case_draws_its_upstream_gradient_alone():
+    # a student forward that fails in case 1 skips that case before its dout is drawn:
+    # the later cases must still get the same upstream gradients (the same errors)
+    calls = []
+
+    def forward_failing_once(x, p, rng=None, train=True):
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("first case")
+        return Ly.dropout_forward(x, p, rng, train)
+    r = grade("dropout", Ly.dropout_backward, forward=forward_failing_once)
+    ref = grade("dropout", Ly.dropout_backward, forward=Ly.dropout_forward)
+    assert r.wrong == ["forward"] and (1, "x") not in r.errors, r.report
+    assert r.errors[(2, "x")] == ref.errors[(2, "x")] and r.errors[(3, "x")] == ref.errors[(3, "x")]
 
 
 def test_a_wrong_shape_is_reported_not_raised():
@@ -264,3 +323,72 @@ def test_an_error_deep_in_numpy_is_reported_at_the_students_line():
     r = grade("linear", backward)
     assert "raised ValueError" in r.report
     assert 'np.einsum("ri,rj->ij", x, dout)' in r.report and "in backward, line" in r.report
+
+
+# ----------------------------------------------------------------------------
+# notebooks/exercises/grade_submissions.py: an instructor grades files of answers
+# ----------------------------------------------------------------------------
+
+GOOD = '''
+import numpy as np
+
+def linear_backward(dout, cache):
+    x, W = cache
+    x2, d2 = x.reshape(-1, x.shape[-1]), dout.reshape(-1, dout.shape[-1])
+    return (d2 @ W.T).reshape(x.shape), x2.T @ d2, d2.sum(axis=0)
+
+def softmax_backward(dout, y):
+    print("a student's print does not break the output")
+    return (y * (dout - (dout * y).sum(axis=-1, keepdims=True)),)
+'''
+
+WRONG_SOFTMAX = '''
+def softmax_backward(dout, y):
+    return (y * dout,)
+'''
+
+COPIED = '''
+from minibert4rec import layers
+gelu_backward = layers.gelu_backward
+'''
+
+
+def _grade_files(tmp_path, sources, *extra):
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+    script = Path(__file__).resolve().parents[1] / "notebooks" / "exercises" / "grade_submissions.py"
+    paths = []
+    for name, text in sources.items():
+        (tmp_path / name).write_text(text)
+        paths.append(str(tmp_path / name))
+    run = subprocess.run([sys.executable, str(script), *paths, "--seeds", "0", "1", *extra],
+                         capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr
+    return {Path(r["submission"]).name: r for r in map(json.loads, run.stdout.splitlines())}
+
+
+def test_grade_submissions_grades_each_file_apart(tmp_path):
+    res = _grade_files(tmp_path, {"good.py": GOOD, "wrong.py": WRONG_SOFTMAX, "copied.py": COPIED,
+                                  "broken.py": "def linear_backward(dout, cache:\n"})
+    assert res["good.py"]["passed"] == {"linear": True, "softmax": True}
+    assert res["good.py"]["error"] is None and not res["good.py"]["uses_minibert4rec"]
+    assert [g["passed"] for g in res["good.py"]["grades"]["softmax"]] == [True, True]
+    assert res["wrong.py"]["passed"] == {"softmax": False}
+    assert res["wrong.py"]["grades"]["softmax"][0]["wrong"] == ["x"]
+    assert res["copied.py"]["passed"] == {"gelu": True} and res["copied.py"]["uses_minibert4rec"]
+    assert res["broken.py"]["passed"] == {} and "SyntaxError" in res["broken.py"]["error"]
+
+
+def test_grade_submissions_stops_a_submission_that_never_returns(tmp_path):
+    res = _grade_files(tmp_path, {"loops.py": "while True:\n    pass\n"}, "--timeout", "5")
+    assert res["loops.py"]["passed"] == {} and "time limit of 5 s" in res["loops.py"]["error"]
+
+
+def test_grade_submissions_ignores_the_solutions_switch(tmp_path, monkeypatch):
+    # the solutions switch of the notebooks must not leak into a graded process
+    monkeypatch.setenv("MINIBERT4REC_SOLUTIONS", "1")
+    src = "import os\nassert 'MINIBERT4REC_SOLUTIONS' not in os.environ\n" + WRONG_SOFTMAX
+    res = _grade_files(tmp_path, {"s.py": src})
+    assert res["s.py"]["error"] is None and res["s.py"]["passed"] == {"softmax": False}
