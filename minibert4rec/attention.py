@@ -4,8 +4,8 @@ Axis letters as in ``layers.py``: B batch, H heads, T positions (Tq queries,
 Tk keys), D model width, Dh = D // H the width of one head.
 
 Scaled dot-product attention (layer 9 of the teaching order; 1-8 are in layers.py)
-    scores  = Q K^T / sqrt(Dh) + mask          (B, H, Tq, Tk)
-    weights = softmax(scores)  over keys        (B, H, Tq, Tk), rows sum to 1
+    scores  = Q K^T / sqrt(Dh)                  (B, H, Tq, Tk)
+    weights = softmax(scores + mask) over keys  (B, H, Tq, Tk), rows sum to 1
     out     = Dropout(weights) V                (B, H, Tq, Dh)
 
 Multi-head attention (layer 10)
