@@ -142,11 +142,8 @@ def skill_of_run(run_dir, data_dir=None):
     """
     import os
 
-    from .train import dataset_of, load_json, load_run, popularity_metrics, test_metrics
-    model, tcfg, _ = load_run(run_dir)
-    if data_dir:
-        tcfg.data_dir = data_dir
-    ds = dataset_of(tcfg)
+    from .train import load_json, load_run_and_data, popularity_metrics, test_metrics
+    model, tcfg, _, ds = load_run_and_data(run_dir, data_dir)
     path = os.path.join(run_dir, "metrics.json")
     metrics = load_json(path) if os.path.exists(path) else {}
     if not {"sampled", "full"} <= set(metrics):

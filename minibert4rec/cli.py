@@ -122,7 +122,7 @@ def cmd_train(args) -> int:
 def cmd_evaluate(args) -> int:
     import contextlib
     from .runs import METRICS, RunFolder, read_json
-    from .train import check_same_data, dataset_of, load_run, popularity_metrics, test_metrics
+    from .train import load_run_and_data, popularity_metrics, test_metrics
     with contextlib.ExitStack() as stack:
         # --save writes into the run folder: take it first (one writer), so that a folder in
         # use is reported at once, not after the evaluation
@@ -132,11 +132,7 @@ def cmd_evaluate(args) -> int:
             from .files import cannot_write
             raise cannot_write(os.path.join(args.run, METRICS),
                                PermissionError(13, "Permission denied"))
-        model, tcfg, _ = load_run(args.run)
-        if args.data_dir:
-            tcfg.data_dir = args.data_dir
-        ds = dataset_of(tcfg)
-        check_same_data(model, ds, args.run)
+        model, tcfg, _, ds = load_run_and_data(args.run, args.data_dir)
         seed = tcfg.test_seed if args.negatives_seed is None else args.negatives_seed
         if args.save and seed != tcfg.test_seed:
             raise InputError("--save keeps metrics.json comparable with the run's own: it cannot "
@@ -207,15 +203,11 @@ def _attention_of_run(run_dir, k, data_dir=None):
     """(L, H, k, k) average attention of a run's best model over its test users."""
     from .analysis import collect_attention
     from .data import leave_one_out
-    from .train import check_same_data, dataset_of, load_run
-    model, tcfg, _ = load_run(run_dir)
+    from .train import load_run_and_data
+    model, tcfg, _, ds = load_run_and_data(run_dir, data_dir)
     if k > model.cfg.max_len:
         raise InputError(f"--last {k} is longer than the model's sequences: {run_dir} has "
                          f"max_len N={model.cfg.max_len}; give --last {model.cfg.max_len} or less")
-    if data_dir:
-        tcfg.data_dir = data_dir
-    ds = dataset_of(tcfg)
-    check_same_data(model, ds, run_dir)
     split = leave_one_out(ds)
     try:
         return collect_attention(model, split.test_input, k=k), model.cfg
@@ -259,15 +251,11 @@ def _user_attention(args) -> int:
 
     from .analysis import mask_row_summary, sequence_attention, write_user_attention
     from .data import item_labels, item_titles, item_titles_file, leave_one_out
-    from .train import check_same_data, dataset_of, load_run
+    from .train import load_run_and_data
     if args.causal_run:
         raise InputError("--user draws one run's map; --causal-run belongs to the average over "
                          "all users (without --user)")
-    model, tcfg, _ = load_run(args.run)
-    if args.data_dir:
-        tcfg.data_dir = args.data_dir
-    ds = dataset_of(tcfg)
-    check_same_data(model, ds, args.run)
+    model, tcfg, _, ds = load_run_and_data(args.run, args.data_dir)
     users = {u: i for i, u in enumerate(ds.raw_user_ids.tolist())}
     if args.user not in users:
         raise InputError(f"unknown user {args.user!r}: the data set of {args.run} ({ds.name}) has "

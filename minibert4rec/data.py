@@ -243,13 +243,19 @@ def filter_min_interactions(ds: Dataset, min_interactions: int, source=None) -> 
 _SEP_NAMES = {None: "whitespace", "\t": "tabs", ",": "commas", ";": "';'", "::": "'::'"}
 
 
-def _read_lines(path) -> list[str]:
-    """All lines of a UTF-8 text file; FileNotFoundError / InputError otherwise."""
+def _existing_file(path) -> pathlib.Path:
+    """``path`` as a Path when it is a file; FileNotFoundError / InputError otherwise."""
     path = pathlib.Path(path)
     if path.is_dir():
         raise at(path, None, "is a folder, not a data file")
     if not path.is_file():
         raise FileNotFoundError(f"{path}: data file not found")
+    return path
+
+
+def _read_lines(path) -> list[str]:
+    """All lines of a UTF-8 text file; FileNotFoundError / InputError otherwise."""
+    path = _existing_file(path)
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as e:
@@ -465,11 +471,7 @@ def load_file(path) -> Dataset:
     '::' in the first line or the name u.data -> MovieLens; a header row naming a
     user/item column (or a .inter/.csv file) -> table; otherwise user-item.
     """
-    path = pathlib.Path(path)
-    if path.is_dir():
-        raise at(path, None, "is a folder, not a data file")
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: data file not found")
+    path = _existing_file(path)
     try:
         with open(path, encoding="utf-8", errors="replace") as f:
             first = next((line for line in f if line.strip()), "")

@@ -454,6 +454,18 @@ def check_same_data(model, ds: Dataset, run_dir=None) -> None:
                          f"(the model's item ids would not match)")
 
 
+def load_run_and_data(run_dir, data_dir=None, which="best"):
+    """(model, TrainConfig, run config dict, Dataset) of a run: ``load_run`` and the data
+    set it was trained on (from ``data_dir`` when given, else where the run found it),
+    refused when its items are not the model's."""
+    model, tcfg, conf = load_run(run_dir, which)
+    if data_dir:
+        tcfg.data_dir = data_dir
+    ds = dataset_of(tcfg)
+    check_same_data(model, ds, run_dir)
+    return model, tcfg, conf, ds
+
+
 def dataset_of(tcfg: TrainConfig) -> Dataset:
     if tcfg.dataset == "synthetic" and (tcfg.synthetic_users, tcfg.synthetic_items) != (2000, 200):
         from .data import filter_min_interactions, synthetic
