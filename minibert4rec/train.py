@@ -820,6 +820,7 @@ def _train_loop(tcfg, mcfg, ds, split, sampler, steps_per_epoch, valid_neg, fold
             state["epoch"] += 1
             state["batch"] = 0
             state["data_rng"] = _rng_state(epoch_rng)              # next epoch's start state
+            t_eval = time.perf_counter()
             valid = validate()
             record = {"epoch": state["epoch"], "step": state["step"],
                       "minutes": round(state["elapsed"] / 60, 3),
@@ -830,6 +831,8 @@ def _train_loop(tcfg, mcfg, ds, split, sampler, steps_per_epoch, valid_neg, fold
                 record["test"] = test_metrics(model, ds, split, "sampled", tcfg.test_seed,
                                               tcfg.eval_batch_size,
                                               n_negatives=tcfg.n_negatives)["sampled"]
+            # the evaluations' share of the time: counted in the next epoch's "minutes"
+            record["eval_minutes"] = round((time.perf_counter() - t_eval) / 60, 3)
             state["history"].append(record)
             improved = math.isfinite(valid["NDCG@10"]) and valid["NDCG@10"] > state["best"]
             if improved:

@@ -40,6 +40,9 @@ def test_run_directory_and_metrics_json(run3):
     state = json.loads((d / "state.json").read_text())
     assert state["epoch"] == 3 and len(state["history"]) == 3
     assert state["history"][-1]["loss"] < state["history"][0]["loss"]
+    for h in state["history"]:       # each epoch: its step, minutes, loss, validation, eval time
+        assert {"epoch", "step", "minutes", "loss", "valid", "eval_minutes"} <= set(h)
+        assert h["eval_minutes"] >= 0
 
 
 def test_resume_is_bit_identical(run3, tmp_path):
