@@ -178,8 +178,8 @@ def last_k_sum(attention, lengths, k=10):
         raise ValueError(f"a length {lengths.max()} exceeds the {T} positions of the attention")
     keep = np.flatnonzero(lengths >= k)                                   # (S,)
     pos = lengths[keep, None] - k + np.arange(k)                          # (S, k) positions
-    # sequences, queries and keys first: the three index arrays below then pick (S, k, k)
-    # blocks and leave the (L, H) axes at the end (NumPy puts advanced-index axes first)
+    # sequences, queries and keys first: the three index arrays below then sit on the
+    # three leading axes, and their (S, k, k) shape takes those axes' place, before (L, H)
     by_seq = attention.transpose(1, 3, 4, 0, 2)                           # (B, T, T, L, H)
     blocks = by_seq[keep[:, None, None], pos[:, :, None], pos[:, None, :]]  # (S, k, k, L, H)
     total = blocks.sum(axis=0, dtype=np.float64).transpose(2, 3, 0, 1)    # (L, H, k, k)

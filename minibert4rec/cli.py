@@ -204,10 +204,7 @@ def _attention_of_run(run_dir, k, data_dir=None):
     from .analysis import collect_attention
     from .data import leave_one_out
     from .train import load_run_and_data
-    model, tcfg, _, ds = load_run_and_data(run_dir, data_dir)
-    if k > model.cfg.max_len:
-        raise InputError(f"--last {k} is longer than the model's sequences: {run_dir} has "
-                         f"max_len N={model.cfg.max_len}; give --last {model.cfg.max_len} or less")
+    model, tcfg, _, ds = load_run_and_data(run_dir, data_dir, last=k)
     split = leave_one_out(ds)
     try:
         return collect_attention(model, split.test_input, k=k), model.cfg

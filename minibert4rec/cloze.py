@@ -148,7 +148,8 @@ class ClozeSampler:
 
     def n_batches(self, batch_size, bucket=50) -> int:
         """The number of batches one epoch yields: each group of bucket x batch_size
-        instances is cut into batches on its own, so only a group's last batch is short."""
+        instances is cut into batches on its own, so only the last group's last batch
+        can be short."""
         group = batch_size * max(1, bucket)
         n = self.n_instances
         full, rest = divmod(n, group)

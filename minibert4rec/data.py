@@ -202,8 +202,9 @@ def from_interactions(name: str, users, items, timestamps=None) -> Dataset:
     user_codes, item_codes = user_codes[order], item_codes[order]
 
     counts = np.bincount(item_codes)                              # (I,) interactions per item
-    first_seen = np.full(len(counts), len(item_codes))            # (I,) row of its first use:
-    np.minimum.at(first_seen, item_codes, np.arange(len(item_codes)))  # min over its rows
+    # (I,) the first row that uses each item: the minimum over its rows
+    first_seen = np.full(len(counts), len(item_codes))
+    np.minimum.at(first_seen, item_codes, np.arange(len(item_codes)))
     # np.lexsort sorts by its LAST key first: most frequent first, ties by first appearance
     by_frequency = np.lexsort((first_seen, -counts))              # (I,) old codes, new order
     new_id = np.empty(len(counts), dtype=np.int64)                # (I,) old code -> new id

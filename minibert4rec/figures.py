@@ -116,14 +116,10 @@ def run_figures(run, causal_run, out, data_dir=None, k=10, command=None):
                            write_attention_report)
     from .data import leave_one_out
     from .plotting import plot_positional_encodings, plot_training_curve
-    from .errors import InputError
     from .train import (check_same_data, load_json, load_run, load_run_and_data, popularity_metrics,
                         test_metrics)
     paths = []
-    model, tcfg, conf, ds = load_run_and_data(run, data_dir)
-    if k > model.cfg.max_len:
-        raise InputError(f"--last {k} is longer than the model's sequences: {run} has "
-                         f"max_len N={model.cfg.max_len}; give --last {model.cfg.max_len} or less")
+    model, tcfg, conf, ds = load_run_and_data(run, data_dir, last=k)
     split = leave_one_out(ds)
     sub = os.path.join(out, os.path.basename(os.path.normpath(run)).split("-")[0] or "run")
     os.makedirs(sub, exist_ok=True)

@@ -34,6 +34,7 @@ generator inside ``fwd`` from a fixed seed, so every call drops the same units.
 """
 from __future__ import annotations
 
+import copy
 import functools
 import math
 from dataclasses import asdict, dataclass, field
@@ -131,10 +132,12 @@ def check_gradients(forward, backward, arrays, *, component="", seed=0, h=DEFAUL
     analytic = backward(dout.copy(), cache)
     results = []
     for name in (names or list(analytic)):
-        if name not in arrays or name not in analytic:
-            raise ValueError(f"{component} {name}: " + ("the backward returned a gradient for an "
-                             "array the forward does not take" if name not in arrays else
-                             "the backward returned no gradient for it"))
+        if name not in arrays:
+            raise ValueError(f"{component} {name}: not one of the arrays ({', '.join(arrays)}): "
+                             f"the backward returned a gradient for an array the forward does "
+                             f"not take, or names lists one")
+        if name not in analytic:
+            raise ValueError(f"{component} {name}: the backward returned no gradient for it")
         x = arrays[name]
         idx = None
         if max_checks is not None and x.size > max_checks:
@@ -403,8 +406,8 @@ class GradeResult:
              output differs from the library's, "backward" when the backward raised or
              returned something that is not one gradient per input
     cases:   one dict per case: {"case": number, "label": shapes and options, "tol": the
-             tolerance it used, "passed": bool, "errors": {input: error or None},
-             "problem": what went wrong with the forward or backward, or None}
+             tolerance it used, "passed": bool, "errors": {input (or "forward"): error or
+             None}, "problem": what went wrong with the forward or backward, or None}
     """
     name: str
     passed: bool
@@ -416,7 +419,7 @@ class GradeResult:
     def as_dict(self) -> dict:
         """The result as plain JSON types (a grading script's ``json.dumps(r.as_dict())``)."""
         return {"name": self.name, "passed": self.passed, "wrong": list(self.wrong),
-                "cases": self.cases, "report": self.report}
+                "cases": copy.deepcopy(self.cases), "report": self.report}
 
     def __str__(self):
         return self.report
@@ -775,6 +778,7 @@ def grade(name, backward, forward=None, seed=0):
             if not ok:
                 mark("forward")
                 case_ok = False
+                record["problem"] = "the forward's output differs from the library's"
         out, cache = case.run(fwd, fresh())
         scalar = np.ndim(out) == 0
         case_rng = np.random.default_rng([seed, i])    # the same dout whatever earlier cases did
@@ -798,7 +802,7 @@ def grade(name, backward, forward=None, seed=0):
                 lines.append(f"    d{n:<8s} {bad[n]}  WRONG")
                 errors[(i, n)] = float("nan")
                 record["errors"][n] = None
-                record["problem"] = f"d{n} {bad[n]}"
+                record["problem"] = "; ".join(filter(None, [record["problem"], f"d{n} {bad[n]}"]))
                 mark(n)
                 case_ok = False
                 continue

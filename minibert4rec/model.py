@@ -303,7 +303,8 @@ class BERT4Rec:
         """ids: (B, T) int -> hidden states (B, T, D), cache. Padding (id 0) keys are masked.
 
         x = Dropout(LN(E[ids] + P)), then the L encoder blocks. The attention weights
-        of every layer are kept in ``self.attention`` (L, B, H, T, T) for the maps.
+        of every layer are kept in ``self.attention`` (L, B, H, T, T) for the maps
+        (None with keep_attention=False).
         cache: (the lookup's, the position's, the LayerNorm's and dropout's caches,
         the list of the L blocks' caches).
         """

@@ -5,7 +5,7 @@ One call does everything:  ``train(TrainConfig(dataset="beauty"), run_dir="runs/
 The loop, without its bookkeeping (``_train_loop`` at the end of this file):
 
     model = BERT4Rec(cfg)                                    # model.py
-    opt = AdamWeightDecay(model.params, lr, warmup, total_steps, ...)   # optim.py
+    opt = AdamWeightDecay(model.params, lr=lr, warmup=warmup, ...)       # optim.py
     for epoch in range(epochs):
         for batch in sampler.epoch(batch_size, data_rng):    # cloze instances, cloze.py
             loss, grads = model.loss_and_grads(batch.ids, batch.sel, batch.targets,
@@ -454,11 +454,15 @@ def check_same_data(model, ds: Dataset, run_dir=None) -> None:
                          f"(the model's item ids would not match)")
 
 
-def load_run_and_data(run_dir, data_dir=None, which="best"):
+def load_run_and_data(run_dir, data_dir=None, which="best", last=None):
     """(model, TrainConfig, run config dict, Dataset) of a run: ``load_run`` and the data
     set it was trained on (from ``data_dir`` when given, else where the run found it),
-    refused when its items are not the model's."""
+    refused when its items are not the model's. ``last``: the --last window of the
+    attention commands, refused (before the data is read) when longer than the model's N."""
     model, tcfg, conf = load_run(run_dir, which)
+    if last is not None and last > model.cfg.max_len:
+        raise InputError(f"--last {last} is longer than the model's sequences: {run_dir} has "
+                         f"max_len N={model.cfg.max_len}; give --last {model.cfg.max_len} or less")
     if data_dir:
         tcfg.data_dir = data_dir
     ds = dataset_of(tcfg)
@@ -831,7 +835,7 @@ def _train_loop(tcfg, mcfg, ds, split, sampler, steps_per_epoch, valid_neg, fold
                 record["test"] = test_metrics(model, ds, split, "sampled", tcfg.test_seed,
                                               tcfg.eval_batch_size,
                                               n_negatives=tcfg.n_negatives)["sampled"]
-            # the evaluations' share of the time: counted in the next epoch's "minutes"
+            # the evaluations' share of the time (the next epoch's "minutes" include it)
             record["eval_minutes"] = round((time.perf_counter() - t_eval) / 60, 3)
             state["history"].append(record)
             improved = math.isfinite(valid["NDCG@10"]) and valid["NDCG@10"] > state["best"]
@@ -856,4 +860,5 @@ def _train_loop(tcfg, mcfg, ds, split, sampler, steps_per_epoch, valid_neg, fold
 
 __all__ = ["TrainConfig", "PRESETS", "train", "load_run", "test_metrics", "popularity_metrics",
            "evaluate_model", "load_npz", "save_npz", "save_json", "load_json", "TrainingStopped",
-           "dataset_of", "read_run_config", "param_shapes", "check_fits", "check_same_data"]
+           "dataset_of", "read_run_config", "param_shapes", "check_fits", "check_same_data",
+           "load_run_and_data"]

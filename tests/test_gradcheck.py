@@ -71,7 +71,7 @@ def test_checker_names_a_missing_or_unknown_gradient():
     assert [r.tensor for r in check_gradients(fwd, only_dx, arrays)] == ["x"]   # by default
     with pytest.raises(ValueError, match="W: the backward returned no gradient"):
         check_gradients(fwd, only_dx, arrays, names=list(arrays))
-    with pytest.raises(ValueError, match="y: the backward returned a gradient for an array"):
+    with pytest.raises(ValueError, match=r"y: not one of the arrays \(x, W\): the backward returned a gradient"):
         check_gradients(fwd, lambda d, c: {"y": d}, arrays)
 
 

@@ -210,7 +210,8 @@ def linear_for_three_axes_only(dout, cache):
 def test_an_answer_that_assumes_three_axes_fails():
     r = grade("linear", linear_for_three_axes_only)
     assert not r.passed and r.wrong == ["backward"], r.report
-    assert "not enough values to unpack" in r.report and "line" in r.report
+    assert "not enough values to unpack" in r.report
+    assert "(in linear_for_three_axes_only, line" in r.report
 
 
 def test_the_result_as_json():
@@ -338,7 +339,7 @@ def linear_backward(dout, cache):
     return (d2 @ W.T).reshape(x.shape), x2.T @ d2, d2.sum(axis=0)
 
 def softmax_backward(dout, y):
-    print("a student's print does not break the output")
+    print("a student's print, without a newline", end="")
     return (y * (dout - (dout * y).sum(axis=-1, keepdims=True)),)
 '''
 
@@ -347,9 +348,17 @@ def softmax_backward(dout, y):
     return (y * dout,)
 '''
 
-COPIED = '''
-from minibert4rec import layers
-gelu_backward = layers.gelu_backward
+OWN_FORWARD = '''
+import numpy as np
+
+def dropout_forward(x, p, rng=None, train=True):      # the student's cache: (mask,)
+    if not train or p == 0:
+        return x, None
+    m = (rng.random(x.shape, dtype=np.float32) >= p) / (1 - p)
+    return x * m, (m,)
+
+def dropout_backward(dout, cache):
+    return (dout if cache is None else dout * cache[0],)
 '''
 
 
@@ -363,22 +372,34 @@ def _grade_files(tmp_path, sources, *extra):
     for name, text in sources.items():
         (tmp_path / name).write_text(text)
         paths.append(str(tmp_path / name))
-    run = subprocess.run([sys.executable, str(script), *paths, "--seeds", "0", "1", *extra],
-                         capture_output=True, text=True, timeout=600)
+    run = subprocess.run([sys.executable, str(script), *paths, str(tmp_path / "missing.py"),
+                          "--seeds", "0", "1", *extra], capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr
     return {Path(r["submission"]).name: r for r in map(json.loads, run.stdout.splitlines())}
 
 
 def test_grade_submissions_grades_each_file_apart(tmp_path):
-    res = _grade_files(tmp_path, {"good.py": GOOD, "wrong.py": WRONG_SOFTMAX, "copied.py": COPIED,
-                                  "broken.py": "def linear_backward(dout, cache:\n"})
+    res = _grade_files(tmp_path, {
+        "good.py": GOOD, "wrong.py": WRONG_SOFTMAX, "own_forward.py": OWN_FORWARD,
+        "broken.py": "def linear_backward(dout, cache:\n",
+        "exits.py": "import sys\nprint('[1]', end='')\nsys.exit(0)\n",
+        "empty.py": "x = 1\n", "notes.txt": WRONG_SOFTMAX})
+    assert list(res) == ["good.py", "wrong.py", "own_forward.py", "broken.py", "exits.py",
+                         "empty.py", "notes.txt", "missing.py"]                  # every file, in order
     assert res["good.py"]["passed"] == {"linear": True, "softmax": True}
-    assert res["good.py"]["error"] is None and not res["good.py"]["uses_minibert4rec"]
+    assert res["good.py"]["error"] is None
     assert [g["passed"] for g in res["good.py"]["grades"]["softmax"]] == [True, True]
     assert res["wrong.py"]["passed"] == {"softmax": False}
     assert res["wrong.py"]["grades"]["softmax"][0]["wrong"] == ["x"]
-    assert res["copied.py"]["passed"] == {"gelu": True} and res["copied.py"]["uses_minibert4rec"]
-    assert res["broken.py"]["passed"] == {} and "SyntaxError" in res["broken.py"]["error"]
+    assert res["own_forward.py"]["passed"] == {"dropout": True}     # graded with its own forward
+    assert "forward   relative error" in res["own_forward.py"]["grades"]["dropout"][0]["report"]
+    assert "SyntaxError" in res["broken.py"]["error"]
+    assert "exit status 0" in res["exits.py"]["error"]
+    assert "defines none" in res["empty.py"]["error"]
+    assert res["notes.txt"]["error"] == "not a Python file (.py)"
+    assert res["missing.py"]["error"] == "no such file"
+    for r in res.values():                                          # an error grades nothing
+        assert (r["error"] is None) == bool(r["passed"])
 
 
 def test_grade_submissions_stops_a_submission_that_never_returns(tmp_path):

@@ -100,7 +100,8 @@ def _strip_timing(state: dict) -> dict:
     """The training state without wall-clock times (the only part a resume may change)."""
     state = dict(state)
     state.pop("elapsed", None)
-    state["history"] = [{k: v for k, v in h.items() if k != "minutes"} for h in state["history"]]
+    state["history"] = [{k: v for k, v in h.items() if k not in ("minutes", "eval_minutes")}
+                        for h in state["history"]]
     return state
 
 

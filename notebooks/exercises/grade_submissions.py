@@ -4,20 +4,23 @@
     python notebooks/exercises/grade_submissions.py alice.py --seeds 0 1 2 --timeout 300
 
 A submission is a Python file that defines some of the exercises' functions under
-their stub names, ``<name>_backward(dout, cache)`` for a name of
+their stub names: ``<name>_backward(dout, cache)`` for a name of
 ``minibert4rec.gradcheck.GRADE_NAMES`` (linear, gelu, dropout, layernorm, softmax,
-...). Every such function is graded with ``gradcheck.grade`` for each seed.
+...) and, if the student changed it, ``<name>_forward``. Every backward is graded
+with ``gradcheck.grade`` for each seed (with the submission's forward when it has
+one, as the exercise notebooks do).
 
-Each submission runs in its own Python process, with a time limit and without
-MINIBERT4REC_SOLUTIONS: its code runs on import, and a separate process keeps it
-from changing the grader or another student's result. Output per submission:
+Each submission runs in its own Python process, without MINIBERT4REC_SOLUTIONS,
+with no input, and is stopped (its whole process group) at the time limit, so one
+submission can neither stall the batch nor change another's grade. The process
+runs the student's code, so it does not stop a submission from tampering with its
+own grading: ``grade`` checks that gradients are right, not who derived them or
+how (a file that calls the library's own backward passes). Read the code.
 
-    {"submission": path, "passed": {name: bool}, "grades": {name: [grade(...).as_dict(), ...]},
-     "uses_minibert4rec": bool, "error": null or one line}
+Output, one line per submission, in the order given:
 
-``uses_minibert4rec`` is true when the file's text names the library: ``grade``
-checks that gradients are right, not who derived them, so a submission that calls
-the library's own backward (or its finite differences) passes; look at those.
+    {"submission": path, "passed": {name: bool, ...},
+     "grades": {name: [grade(...).as_dict() for each seed], ...}, "error": null or one line}
 """
 from __future__ import annotations
 
@@ -25,8 +28,10 @@ import argparse
 import importlib.util
 import json
 import os
+import signal
 import subprocess
 import sys
+import tempfile
 
 
 def grade_here(path: str, seeds: list[int]) -> dict:
@@ -39,47 +44,77 @@ def grade_here(path: str, seeds: list[int]) -> dict:
     grades = {}
     for name in GRADE_NAMES:
         backward = getattr(module, f"{name}_backward", None)
+        forward = getattr(module, f"{name}_forward", None)
         if callable(backward):
-            grades[name] = [grade(name, backward, seed=s).as_dict() for s in seeds]
+            forward = forward if callable(forward) else None
+            grades[name] = [grade(name, backward, forward=forward, seed=s).as_dict() for s in seeds]
     return {"passed": {n: all(g["passed"] for g in gs) for n, gs in grades.items()},
             "grades": grades}
 
 
+def _last_line(data: bytes) -> str:
+    lines = data.decode("utf-8", errors="replace").strip().splitlines()
+    return lines[-1] if lines else "no output"
+
+
 def grade_in_a_process(path: str, seeds: list[int], timeout: float) -> dict:
     """Grade one submission in a fresh Python process; never raises for a bad submission."""
-    with open(path, encoding="utf-8", errors="replace") as f:
-        uses_library = "minibert4rec" in f.read()
-    result = {"submission": path, "passed": {}, "grades": {}, "uses_minibert4rec": uses_library,
-              "error": None}
+    result = {"submission": path, "passed": {}, "grades": {}, "error": None}
+    if not path.endswith(".py") or not os.path.isfile(path):
+        result["error"] = ("not a Python file (.py)" if os.path.isfile(path)
+                           else "no such file")
+        return result
     env = {k: v for k, v in os.environ.items() if k != "MINIBERT4REC_SOLUTIONS"}
     env["MPLBACKEND"] = "Agg"
-    command = [sys.executable, os.path.abspath(__file__), "--child", path,
-               "--seeds", *map(str, seeds)]
-    try:
-        run = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env)
-    except subprocess.TimeoutExpired:
-        result["error"] = f"stopped after the time limit of {timeout:g} s"
-        return result
-    lines = run.stdout.strip().splitlines()
-    if run.returncode != 0 or not lines:
-        last = (run.stderr.strip().splitlines() or ["no output"])[-1]
-        result["error"] = f"the submission could not be graded: {last}"
-        return result
-    result.update(json.loads(lines[-1]))       # the child's last line; the rest is its prints
+    with tempfile.TemporaryDirectory() as tmp:
+        out = os.path.join(tmp, "result.json")       # the grades travel here, not on stdout
+        command = [sys.executable, os.path.abspath(__file__), "--child", out, path,
+                   "--seeds", *map(str, seeds)]
+        proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, env=env, start_new_session=True)
+        try:
+            _, err = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)      # the child and anything it started
+            proc.communicate()
+            result["error"] = f"stopped after the time limit of {timeout:g} s"
+            return result
+        try:
+            with open(out, encoding="utf-8") as f:
+                graded = json.load(f)
+            passed, grades = graded["passed"], graded["grades"]
+            if not (isinstance(passed, dict) and isinstance(grades, dict)):
+                raise TypeError("not a result")
+        except (OSError, ValueError, KeyError, TypeError):
+            result["error"] = (f"the submission could not be graded (exit status "
+                               f"{proc.returncode}): {_last_line(err)}")
+            return result
+    result["passed"], result["grades"] = passed, grades
+    if not passed:
+        result["error"] = "it defines none of the exercises' <name>_backward functions"
     return result
+
+
+def _seed(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"a seed is an integer >= 0, got {text}")
+    return value
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("submissions", nargs="+", help="Python files defining <name>_backward")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2],
+    parser.add_argument("--seeds", type=_seed, nargs="+", default=[0, 1, 2],
                         help="grade with each of these seeds (default: 0 1 2)")
     parser.add_argument("--timeout", type=float, default=300.0,
                         help="seconds per submission (default: 300)")
-    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--child", metavar="RESULT_FILE", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
-        print(json.dumps(grade_here(args.submissions[0], args.seeds), allow_nan=False))
+        graded = grade_here(args.submissions[0], args.seeds)
+        with open(args.child, "w", encoding="utf-8") as f:
+            json.dump(graded, f, allow_nan=False)
         return 0
     for path in args.submissions:
         print(json.dumps(grade_in_a_process(path, args.seeds, args.timeout)), flush=True)
