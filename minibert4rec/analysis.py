@@ -90,7 +90,7 @@ def learned_enough(metrics, popularity):
 
     metrics, popularity: the model's and the popularity baseline's TEST
     metrics, {"sampled": {...}, "full": {...}} as in metrics.json and
-    ``train.popularity_metrics`` (the sampled protocol with the same seed,
+    ``evaluate.popularity_metrics`` (the sampled protocol with the same seed,
     so both rank against the same negatives).
     The rule, both parts on held-out (test) items:
         sampled HR@10 >= popularity's + SKILL_SAMPLED_MARGIN (0.05)   and
@@ -142,10 +142,11 @@ def skill_of_run(run_dir, data_dir=None):
     """
     import os
 
-    from .train import load_json, load_run_and_data, popularity_metrics, test_metrics
+    from .evaluate import popularity_metrics, test_metrics
+    from .runs import load_run_and_data, read_json
     model, tcfg, _, ds = load_run_and_data(run_dir, data_dir)
     path = os.path.join(run_dir, "metrics.json")
-    metrics = load_json(path) if os.path.exists(path) else {}
+    metrics = read_json(path) if os.path.exists(path) else {}
     if not {"sampled", "full"} <= set(metrics):
         metrics = test_metrics(model, ds, protocol="both", seed=tcfg.test_seed,
                                n_negatives=tcfg.n_negatives)
@@ -531,13 +532,13 @@ def write_attention_report(avg, out_dir, stats_causal=None, name="figure2",
 def attention_over_training(tcfg, run_dir, k=10, log=None):
     """Figure 2's statistics after every epoch of a training run, each with its skill.
 
-    tcfg: a ``train.TrainConfig``; run_dir: a new run directory. The run is
+    tcfg: a ``settings.TrainConfig``; run_dir: a new run directory. The run is
     trained one epoch at a time: ``train`` for epoch 1, then ``train(...,
     resume=True)`` up to epoch 2, 3, ... With the learning-rate decay fixed
     at tcfg.epochs (``decay_epochs``), this gives the same weights as one
     uninterrupted run (train.py's exact resume). After every epoch the
     epoch's weights (the checkpoint's latest, not the best ones) are read and measured:
-      test         test metrics, both protocols (``train.test_metrics``)
+      test         test metrics, both protocols (``evaluate.test_metrics``)
       skill        ``learned_enough(test, popularity's test metrics)``
       stats        ``attention_stats`` of ``collect_attention`` over the test
                    users with >= k-1 items
@@ -550,7 +551,9 @@ def attention_over_training(tcfg, run_dir, k=10, log=None):
     from dataclasses import replace
 
     from .data import leave_one_out
-    from .train import dataset_of, load_json, load_run, popularity_metrics, test_metrics, train
+    from .evaluate import popularity_metrics, test_metrics
+    from .runs import dataset_of, load_run, read_json
+    from .train import train
     quiet = log or (lambda *args: None)
     base = tcfg.resolved()                  # the preset's epochs; decay at the last epoch
     ds = dataset_of(base)
@@ -564,7 +567,7 @@ def attention_over_training(tcfg, run_dir, k=10, log=None):
         test = test_metrics(model, ds, split, "both", seed=base.seed, n_negatives=base.n_negatives)
         skill = learned_enough(test, pop)
         stats = attention_stats(collect_attention(model, histories, k=k))
-        last = load_json(os.path.join(run_dir, "state.json"))["history"][-1]
+        last = read_json(os.path.join(run_dir, "state.json"))["history"][-1]
         records.append({"seed": base.seed, "epoch": epoch, "loss": last.get("loss"),
                         "valid": last.get("valid"), "test": test, "skill": skill,
                         "stats": stats, "observations": observations(stats, None, skill)})
@@ -707,7 +710,9 @@ def titled_model(work_dir, dataset="ml-100k", run_dir=None, users=None, data_dir
     import os
 
     from .data import item_labels, item_titles, load_dataset
-    from .train import PRESETS, TrainConfig, dataset_of, load_run, train
+    from .runs import dataset_of, load_run
+    from .settings import PRESETS, TrainConfig
+    from .train import train
     quiet = log or (lambda *args: None)
     if run_dir is None or not os.path.exists(os.path.join(run_dir, "metrics.json")):
         try:

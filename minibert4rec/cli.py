@@ -51,7 +51,7 @@ def _print_metrics_table(rows: dict, protocol_names=("sampled", "full")):
 
 
 def _train_config(args):
-    from .train import TrainConfig
+    from .settings import TrainConfig
     keys = ("dataset", "data_dir", "epochs", "minutes", "seed", "lr", "batch_size", "hidden",
             "layers", "heads", "max_len", "mask_ratio", "position", "attention", "gelu",
             "warmup", "track_test", "min_interactions", "decay_epochs", "threads",
@@ -85,7 +85,9 @@ def _check_resume_options(args) -> None:
 
 
 def cmd_train(args) -> int:
-    from .train import popularity_metrics, train, dataset_of
+    from .evaluate import popularity_metrics
+    from .runs import dataset_of
+    from .train import train
     run_dir = args.resume or args.out
     if args.resume and args.out and args.out != args.resume:
         raise InputError("give either --out RUN_DIR or --resume RUN_DIR, not both")
@@ -97,7 +99,7 @@ def cmd_train(args) -> int:
     if args.resume and os.path.isdir(run_dir) and os.path.exists(os.path.join(run_dir, "config.json")):
         # epochs, threads and kernels not given: the run's own (it computes as it did)
         from dataclasses import replace
-        from .train import read_run_config
+        from .runs import read_run_config
         saved = read_run_config(run_dir)[1]
         defaults = {a.dest: a.default for a in args.parser._actions}
         tcfg = replace(tcfg, epochs=args.epochs,          # None: up to the run's own --epochs
@@ -108,7 +110,7 @@ def cmd_train(args) -> int:
     if metrics is None:                       # Ctrl-C: checkpoint saved, nothing to report
         return 130
     if args.resume:                           # the run's own settings, as training used them
-        from .train import read_run_config
+        from .runs import read_run_config
         _, tcfg, _ = read_run_config(run_dir)
     ds = dataset_of(tcfg.resolved())
     label = "BERT4Rec (this run)" if tcfg.attention == "bidirectional" else "causal (this run)"
@@ -122,7 +124,8 @@ def cmd_train(args) -> int:
 def cmd_evaluate(args) -> int:
     import contextlib
     from .runs import METRICS, RunFolder, read_json
-    from .train import load_run_and_data, popularity_metrics, test_metrics
+    from .evaluate import popularity_metrics, test_metrics
+    from .runs import load_run_and_data
     with contextlib.ExitStack() as stack:
         # --save writes into the run folder: take it first (one writer), so that a folder in
         # use is reported at once, not after the evaluation
@@ -155,7 +158,7 @@ def cmd_evaluate(args) -> int:
 
 def cmd_recommend(args) -> int:
     import numpy as np
-    from .train import load_run
+    from .runs import load_run
     model, tcfg, _ = load_run(args.run)
     items_path = os.path.join(args.run, "items.txt")
     raw = _read_items(items_path, model.cfg.vocab_size - 2)
@@ -203,7 +206,7 @@ def _attention_of_run(run_dir, k, data_dir=None):
     """(L, H, k, k) average attention of a run's best model over its test users."""
     from .analysis import collect_attention
     from .data import leave_one_out
-    from .train import load_run_and_data
+    from .runs import load_run_and_data
     model, tcfg, _, ds = load_run_and_data(run_dir, data_dir, last=k)
     split = leave_one_out(ds)
     try:
@@ -248,7 +251,7 @@ def _user_attention(args) -> int:
 
     from .analysis import mask_row_summary, sequence_attention, write_user_attention
     from .data import item_labels, item_titles, item_titles_file, leave_one_out
-    from .train import load_run_and_data
+    from .runs import load_run_and_data
     if args.causal_run:
         raise InputError("--user draws one run's map; --causal-run belongs to the average over "
                          "all users (without --user)")
@@ -289,7 +292,10 @@ def cmd_demo(args) -> int:
     from .analysis import collect_attention, learned_enough, write_attention_report
     from .data import leave_one_out
     from .plotting import plot_training_curve
-    from .train import TrainConfig, dataset_of, load_json, load_run, popularity_metrics, train
+    from .evaluate import popularity_metrics
+    from .runs import dataset_of, load_run, read_json
+    from .settings import TrainConfig
+    from .train import train
     tcfg = TrainConfig(**DEMO, seed=args.seed, progress=not args.no_progress, kernels=args.kernels)
     run_dir = args.run_dir
     out = args.out or run_dir
@@ -309,7 +315,7 @@ def cmd_demo(args) -> int:
     avg = collect_attention(model, leave_one_out(ds).test_input, k=10)
     png, js = write_attention_report(avg, out, name="attention", skill=learned_enough(metrics, pop),
                                      title="Demo: average attention, last 10 positions (9 = [MASK])")
-    history = load_json(os.path.join(run_dir, "state.json"))["history"]
+    history = read_json(os.path.join(run_dir, "state.json"))["history"]
     import matplotlib.pyplot as plt
     plt.close(plot_training_curve(history, path=os.path.join(out, "training_curve.png")))
     print(f"\nwrote {png}, {js} and {os.path.join(out, 'training_curve.png')}; "

@@ -18,7 +18,7 @@ token and predict them from BOTH sides. Following the authors' code
    Masks are re-drawn every epoch. The authors pre-generate 10 cloze copies
    per window once (dupe_factor 10) plus one mask-last instance, so only 1
    instance in 11 is a mask-last one; ``copies=10`` (the Beauty and MovieLens
-   presets in train.py) gives that mix. With 1 + 1, half of all instances ask
+   presets in settings.py) gives that mix. With 1 + 1, half of all instances ask
    for the last item, in training the validation item, and on Beauty the model
    learned those by heart and stopped improving on test (README).
 3. Instances are batched; padding (id 0) sits on the right and is never masked.

@@ -64,6 +64,7 @@ from typing import Callable, Sequence
 import numpy as np
 from tqdm import tqdm
 
+from .data import Dataset, leave_one_out
 from .errors import InputError
 
 METRIC_KEYS = ("HR@1", "HR@5", "HR@10", "NDCG@5", "NDCG@10", "MRR")
@@ -471,6 +472,50 @@ PAPER_ROWS = {
     "beauty": {"HR@10": 0.3047, "NDCG@10": 0.1832},
     "ml-1m": {"HR@10": 0.6955, "NDCG@10": 0.4759},
 }
+
+
+# ----------------------------------------------------------------------------
+# A model on a data set's leave-one-out split
+# ----------------------------------------------------------------------------
+
+
+def check_same_data(model, ds: Dataset, run_dir=None) -> None:
+    """Refuse to use a model on a data set whose items are not the ones it was trained on."""
+    if model.cfg.vocab_size != ds.vocab_size:
+        where = f"{run_dir}: " if run_dir is not None else ""
+        raise InputError(f"{where}the model knows {model.cfg.vocab_size - 2} items, the data set "
+                         f"{ds.name} now has {ds.n_items}: the data file changed since training "
+                         f"(the model's item ids would not match)")
+
+
+def evaluate_model(model, histories, targets, popularity, protocol="both", negatives=None,
+                   seed=0, batch_size=256, progress=False, desc="evaluate", n_negatives=100):
+    """Metrics of a BERT4Rec ``model`` predicting ``targets`` after ``histories``: ``evaluate``
+    with the model's ``score_next`` (B, V) and, for the sampled protocol, its cheaper
+    ``score_candidates`` (B, 1 + n_negatives)."""
+    return evaluate(model.score_next, histories, targets, protocol=protocol,
+                    negatives=negatives, popularity=popularity, seed=seed,
+                    n_negatives=n_negatives, batch_size=batch_size, progress=progress, desc=desc,
+                    candidate_fn=model.score_candidates)
+
+
+def test_metrics(model, ds: Dataset, split=None, protocol="both", seed=0, batch_size=256,
+                 progress=False, n_negatives=100):
+    """The paper's protocol on the test split (last item of every user)."""
+    check_same_data(model, ds)
+    split = split or leave_one_out(ds)
+    return evaluate_model(model, split.test_input, split.test_target, ds.popularity(), protocol,
+                          seed=seed, batch_size=batch_size, progress=progress, desc="test",
+                          n_negatives=n_negatives)
+
+
+def popularity_metrics(ds: Dataset, split=None, protocol="both", seed=0, n_negatives=100):
+    """The popularity baseline on the test split, scored like ``test_metrics`` (same seed, same
+    negatives): the bar a trained model must clear."""
+    split = split or leave_one_out(ds)
+    return evaluate(popularity_scorer(ds.popularity()), split.test_input, split.test_target,
+                    protocol=protocol, popularity=ds.popularity(), seed=seed,
+                    n_negatives=n_negatives)
 
 
 def first_reaching(history: list[dict], target: dict[str, float], split: str = "test"):

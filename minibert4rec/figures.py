@@ -116,8 +116,8 @@ def run_figures(run, causal_run, out, data_dir=None, k=10, command=None):
                            write_attention_report)
     from .data import leave_one_out
     from .plotting import plot_positional_encodings, plot_training_curve
-    from .train import (check_same_data, load_json, load_run, load_run_and_data, popularity_metrics,
-                        test_metrics)
+    from .evaluate import check_same_data, popularity_metrics, test_metrics
+    from .runs import load_run, load_run_and_data, read_json
     paths = []
     model, tcfg, conf, ds = load_run_and_data(run, data_dir, last=k)
     split = leave_one_out(ds)
@@ -128,7 +128,7 @@ def run_figures(run, causal_run, out, data_dir=None, k=10, command=None):
         _close(plot_positional_encodings(model.params["pos_emb"], path=p,
                                          title=f"Learned position table of {run}"))
         paths.append(p)
-    state = load_json(os.path.join(run, "state.json"))
+    state = read_json(os.path.join(run, "state.json"))
     p = os.path.join(out, "training_curve.png")
     _close(plot_training_curve(state["history"], path=p))
     paths.append(p)
@@ -155,7 +155,7 @@ def run_figures(run, causal_run, out, data_dir=None, k=10, command=None):
             title=f"Causal (SASRec-style) model, last {k} positions ({k - 1} = [MASK])")))
     # the verdicts on the paper's claims only for a model that beat popularity (analysis.py)
     metrics_path = os.path.join(run, "metrics.json")
-    metrics = load_json(metrics_path) if os.path.exists(metrics_path) else {}
+    metrics = read_json(metrics_path) if os.path.exists(metrics_path) else {}
     if not {"sampled", "full"} <= set(metrics):
         metrics = test_metrics(model, ds, split, "both", seed=tcfg.test_seed, n_negatives=tcfg.n_negatives)
     skill = learned_enough(metrics, popularity_metrics(ds, split, "both", seed=tcfg.test_seed,
@@ -180,7 +180,7 @@ def seeds_figure(run_dirs, out, command=None):
     from .evaluate import PAPER_ROWS, first_reaching, spread
     from .plotting import plot_runs_curves
     from .runs import read_json
-    from .train import read_run_config
+    from .runs import read_run_config
     rows, histories, datasets, test_seeds = [], [], set(), set()
     for run in run_dirs:
         _, tcfg, _ = read_run_config(run)

@@ -31,6 +31,12 @@ in every field; a ``.npz`` file's arrays are checked from their headers (names,
 number types, shapes, sizes against the file's own length) before their data is
 read, and the data against its zip checksum. Any problem is an ``InputError``
 naming the file (and field), which the command line prints as one line.
+
+Reading a run back as a model (the end of this file) is what ``evaluate``,
+``recommend``, ``attention`` and ``figures`` do:
+
+    model, tcfg, conf = load_run("runs/beauty")                  # the best weights
+    model, tcfg, conf, ds = load_run_and_data("runs/beauty")     # and its data set
 """
 from __future__ import annotations
 
@@ -44,8 +50,13 @@ import zipfile
 import numpy as np
 
 from . import files
+from .data import Dataset, load_dataset
 from .errors import InputError
+from .evaluate import check_same_data
+from .model import BERT4Rec, Config
+from .settings import TrainConfig
 
+FORMAT_VERSION = 1                               # config.json's "format_version"
 CONFIG, ITEMS, CHECKPOINT = "config.json", "items.txt", "checkpoint.npz"
 WEIGHTS, STATE, METRICS = "weights.npz", "state.json", "metrics.json"
 LEGACY = ("last.npz", "optimizer.npz")           # the checkpoint of earlier versions
@@ -531,7 +542,241 @@ class RunFolder:
             files.remove(self.file(name))
 
 
-__all__ = ["RunFolder", "Npz", "read_json", "write_json", "read_arrays", "write_arrays",
+# ----------------------------------------------------------------------------
+# Checks on what a run folder holds, before anything is allocated from it
+# ----------------------------------------------------------------------------
+
+
+def param_shapes(cfg: Config) -> dict:
+    """name -> shape of every parameter of a model of configuration ``cfg``, without building it.
+
+    The same names and shapes as ``model.init_params`` (a test holds them equal).
+    """
+    V, N, D, F = cfg.vocab_size, cfg.max_len, cfg.hidden, cfg.ffn
+    shapes = {"item_emb": (V, D)}
+    if cfg.position == "learned":
+        shapes["pos_emb"] = (N, D)
+    shapes["emb_ln_g"] = shapes["emb_ln_b"] = (D,)
+    for l in range(cfg.layers):
+        for name in ("Wq", "Wk", "Wv", "Wo"):
+            shapes[f"layer{l}.{name}"] = (D, D)
+        for name in ("bq", "bk", "bv", "bo", "ln1_g", "ln1_b"):
+            shapes[f"layer{l}.{name}"] = (D,)
+        shapes[f"layer{l}.W1"], shapes[f"layer{l}.b1"] = (D, F), (F,)
+        shapes[f"layer{l}.W2"], shapes[f"layer{l}.b2"] = (F, D), (D,)
+        shapes[f"layer{l}.ln2_g"] = shapes[f"layer{l}.ln2_b"] = (D,)
+    shapes["head_W"], shapes["head_b"] = (D, D), (D,)
+    shapes["head_ln_g"] = shapes["head_ln_b"] = (D,)
+    shapes["out_bias"] = (V,)
+    return shapes
+
+
+def check_fits(mcfg: Config, batch_size: int, where: str, training=True) -> None:
+    """Refuse a model that cannot fit in this machine's memory, before allocating it.
+
+    Counts the parameters from the configuration (times 5 when training: weights,
+    gradients, two Adam moments, the best weights) and the largest activations
+    of one batch (attention weights of every layer, the feed-forward's).
+    ``where`` names the source (a file and field, or the options).
+    """
+    V, N, D, F, L, H = (mcfg.vocab_size, mcfg.max_len, mcfg.hidden, mcfg.ffn, mcfg.layers,
+                        mcfg.heads)
+    per_layer = 4 * D * D + D * F + F * D + 9 * D + F
+    n_params = V * D + N * D + 4 * D + L * per_layer + D * D + 3 * D + V
+    activations = L * batch_size * N * (3 * H * N + 12 * D + 3 * F)
+    need = 4 * (n_params * (5 if training else 1) + activations) + L * 16 * 256  # + array headers
+    have = memory_bytes()
+    if need > have:
+        raise InputError(f"{where}: a model of vocabulary {V}, N={N}, D={D}, F={F}, L={L}, H={H} "
+                         f"({n_params:.3g} parameters) needs about {need / 2**30:.3g} GiB, more than "
+                         f"this machine's {have / 2**30:.3g} GiB: choose a smaller model or batch")
+
+
+def check_state(state, where: str, steps_per_epoch: int) -> dict:
+    """A training state read back (from checkpoint.npz or an old state.json), checked."""
+    def bad(field, msg):
+        raise InputError(f"{where}: field {field}: {msg}")
+    if not isinstance(state, dict):
+        raise InputError(f"{where}: the training state is not an object")
+    ints = {"epoch": 0, "batch": 0, "step": 0, "loss_batches": 0}
+    for key, low in ints.items():
+        v = state.get(key, 0 if key == "loss_batches" else None)
+        if not isinstance(v, int) or isinstance(v, bool) or v < low:
+            bad(key, f"expected an integer >= {low}, found {json.dumps(v)[:40]}")
+    for key in ("elapsed", "best", "loss_sum"):
+        v = state.get(key, 0.0 if key == "loss_sum" else None)
+        if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v):
+            bad(key, f"expected a finite number, found {json.dumps(v)[:40]}")
+    if state["elapsed"] < 0:
+        bad("elapsed", f"expected a time >= 0, found {state['elapsed']}")
+    best_epoch = state.get("best_epoch")
+    if best_epoch is not None and (not isinstance(best_epoch, int) or isinstance(best_epoch, bool)
+                                   or not 1 <= best_epoch <= state["epoch"]):
+        bad("best_epoch", f"expected null or an epoch in 1..{state['epoch']}, found "
+                          f"{json.dumps(best_epoch)[:40]}")
+    history = state.get("history")
+    if not isinstance(history, list) or not all(isinstance(h, dict) for h in history):
+        bad("history", "expected a list of per-epoch records")
+    if len(history) != state["epoch"]:
+        bad("history", f"holds {len(history)} epochs, the state says {state['epoch']}")
+    if state["batch"] >= steps_per_epoch:
+        bad("batch", f"{state['batch']} is not below the {steps_per_epoch} batches of an epoch: "
+                     f"the data or the settings changed since the checkpoint")
+    if state["step"] != state["epoch"] * steps_per_epoch + state["batch"]:
+        bad("step", f"{state['step']} is not epoch x {steps_per_epoch} + batch: the data or the "
+                    f"settings changed since the checkpoint")
+    for key in ("data_rng", "dropout_rng"):
+        try:
+            rng_from_state(state.get(key))
+        except (TypeError, ValueError, KeyError, AttributeError, OverflowError):
+            bad(key, "not the state of a random generator (PCG64)")
+    return state
+
+
+def rng_state(rng) -> dict:
+    """A generator's state as a JSON-able dict (saved in the checkpoint)."""
+    return rng.bit_generator.state
+
+
+def rng_from_state(state) -> np.random.Generator:
+    """The generator ``rng_state`` saved, continuing exactly where it was."""
+    rng = np.random.default_rng()
+    rng.bit_generator.state = state
+    return rng
+
+
+# ----------------------------------------------------------------------------
+# Loading a run back
+# ----------------------------------------------------------------------------
+
+
+def saved_train_config(conf: dict, where="config.json") -> TrainConfig:
+    """The TrainConfig of a run's config.json dict (its "train" block), checked.
+
+    Every field must be one of TrainConfig's, of its type and in its range
+    (InputError naming ``where`` and the field otherwise). Runs saved before
+    cloze_copies existed trained with 1 cloze copy per epoch.
+    """
+    if not isinstance(conf, dict) or "train" not in conf:
+        raise InputError(f"{where}: field train is missing: not the configuration of a run")
+    kw = fields_from_json(TrainConfig, conf["train"], f"{where}: field train",
+                               defaults={"cloze_copies": 1})
+    try:
+        return TrainConfig(**kw).resolved()
+    except InputError as e:
+        raise InputError(f"{where}: {e}") from None
+
+
+_MODEL_FIELDS_OF_TRAIN = ("max_len", "hidden", "layers", "heads", "ffn", "hidden_dropout",
+                          "attention_dropout", "position", "attention", "gelu")
+
+
+def read_run_config(run_dir):
+    """(config.json dict, TrainConfig, model Config) of a run folder, every field checked."""
+    path = os.path.join(os.fspath(run_dir), CONFIG)
+    conf = read_json(path, "run configuration (config.json)")
+    if not isinstance(conf, dict):
+        raise InputError(f"{path}: expected an object {{...}}, found {type(conf).__name__}")
+    version = conf.get("format_version")
+    if version != FORMAT_VERSION:
+        raise InputError(f"{path}: checkpoint format version {version!r} is not supported "
+                         f"(this minibert4rec reads version {FORMAT_VERSION})")
+    if "model" not in conf:
+        raise InputError(f"{path}: field model is missing: not the configuration of a run")
+    kw = fields_from_json(Config, conf["model"], f"{path}: field model")
+    if "vocab_size" not in kw:
+        raise InputError(f"{path}: field model.vocab_size is missing")
+    try:
+        mcfg = Config(**kw)
+    except InputError as e:
+        raise InputError(f"{path}: {e}") from None
+    for name in ("init_std", "ln_eps"):
+        if not 0 < getattr(mcfg, name) < math.inf:
+            raise InputError(f"{path}: field model.{name}: must be > 0, got {getattr(mcfg, name)}")
+    tcfg = saved_train_config(conf, path)
+    derived = tcfg.model_config(mcfg.vocab_size)
+    for name in _MODEL_FIELDS_OF_TRAIN:
+        if getattr(derived, name) != getattr(mcfg, name):
+            raise InputError(f"{path}: field model.{name} is {getattr(mcfg, name)!r} but "
+                             f"train.{name} says {getattr(tcfg, name)!r}: incompatible checkpoint "
+                             f"configuration (the file was edited)")
+    dataset = conf.get("dataset", {})
+    if not isinstance(dataset, dict) or not all(
+            isinstance(dataset.get(k, 0), int) and not isinstance(dataset.get(k, 0), bool)
+            for k in ("n_users", "n_items")):
+        raise InputError(f"{path}: field dataset: expected {{name, n_users, n_items}}")
+    if "n_items" in dataset and dataset["n_items"] + 2 != mcfg.vocab_size:
+        raise InputError(f"{path}: field dataset.n_items is {dataset['n_items']} but "
+                         f"model.vocab_size is {mcfg.vocab_size} (items + 2): the file was edited")
+    return conf, tcfg, mcfg
+
+
+def load_run(run_dir, which="best"):
+    """Return (model, TrainConfig, run config dict) of a run directory.
+
+    which: "best" (the best weights) or "last" (the weights of the last save),
+    from checkpoint.npz, or from weights.npz / last.npz in folders written
+    before checkpoint.npz existed. Everything is checked before it is used;
+    non-finite weights are refused.
+    """
+    run_dir = os.fspath(run_dir)
+    if not os.path.isdir(run_dir):
+        raise FileNotFoundError(2, "run directory not found", run_dir)
+    conf, tcfg, mcfg = read_run_config(run_dir)
+    check_fits(mcfg, tcfg.eval_batch_size, os.path.join(run_dir, CONFIG), training=False)
+    checkpoint = os.path.join(run_dir, CHECKPOINT)
+    legacy = os.path.join(run_dir, "weights.npz" if which == "best" else "last.npz")
+    with Npz(checkpoint if os.path.exists(checkpoint) else legacy) as npz:
+        names = [n.split("/")[-1] for n in npz.shapes]
+        layers = {n.split(".")[0] for n in names if n.startswith("layer")}
+        if len(layers) != mcfg.layers:            # before listing a claimed 10^7 layers' names
+            raise InputError(f"{os.path.join(run_dir, CONFIG)}: field model.layers is "
+                             f"{mcfg.layers}, {npz.path} holds {len(layers)} layers: "
+                             f"incompatible checkpoint")
+        shapes = param_shapes(mcfg)
+        if npz.path == checkpoint:
+            has_best = any(n.startswith("best/") for n in npz.shapes)
+            part = "best" if which == "best" and has_best else "params"
+            params = read_checkpoint(checkpoint, shapes, parts=(part,), npz=npz)[part]
+            source = f"{checkpoint} ({'best' if part == 'best' else 'last'} weights)"
+        else:
+            npz.check(shapes, kinds="f")
+            params, source = npz.read(), legacy
+    bad = non_finite(params)
+    if bad is not None:
+        raise InputError(f"{source}: parameter {bad!r} holds non-finite values (nan or inf): "
+                         f"these weights diverged; train again with a lower --lr")
+    params = {k: params[k].astype(np.float32, copy=False) for k in shapes}
+    return BERT4Rec(mcfg, params=params), tcfg, conf
+
+
+def load_run_and_data(run_dir, data_dir=None, which="best", last=None):
+    """(model, TrainConfig, run config dict, Dataset) of a run: ``load_run`` and the data
+    set it was trained on (from ``data_dir`` when given, else where the run found it),
+    refused when its items are not the model's. ``last``: the --last window of the
+    attention commands, refused (before the data is read) when longer than the model's N."""
+    model, tcfg, conf = load_run(run_dir, which)
+    if last is not None and last > model.cfg.max_len:
+        raise InputError(f"--last {last} is longer than the model's sequences: {run_dir} has "
+                         f"max_len N={model.cfg.max_len}; give --last {model.cfg.max_len} or less")
+    if data_dir:
+        tcfg.data_dir = data_dir
+    ds = dataset_of(tcfg)
+    check_same_data(model, ds, run_dir)
+    return model, tcfg, conf, ds
+
+
+def dataset_of(tcfg: TrainConfig) -> Dataset:
+    if tcfg.dataset == "synthetic" and (tcfg.synthetic_users, tcfg.synthetic_items) != (2000, 200):
+        from .data import filter_min_interactions, synthetic
+        return filter_min_interactions(synthetic(tcfg.synthetic_users, tcfg.synthetic_items),
+                                       tcfg.min_interactions)
+    return load_dataset(tcfg.dataset, tcfg.data_dir, tcfg.min_interactions)
+
+
+__all__ = ["load_run", "load_run_and_data", "read_run_config", "saved_train_config", "dataset_of",
+           "param_shapes", "check_fits", "check_state", "rng_state", "rng_from_state",
+           "FORMAT_VERSION", "RunFolder", "Npz", "read_json", "write_json", "read_arrays", "write_arrays",
            "read_checkpoint", "pack_checkpoint", "fields_from_json", "check_out_folder",
            "non_finite", "memory_bytes", "CONFIG", "ITEMS", "CHECKPOINT", "WEIGHTS", "STATE",
            "METRICS", "LEGACY"]

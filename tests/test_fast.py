@@ -155,7 +155,8 @@ def _run_python(code, env=None):
 def test_importing_the_reference_path_loads_no_fast_code_and_the_package_leaves_the_environment_alone():
     modules = ", ".join(f"minibert4rec.{m}" for m in REFERENCE_MODULES)
     code = (f"import os, sys; before = dict(os.environ); import {modules}; "
-            "import minibert4rec.gradcheck, minibert4rec.optim, minibert4rec.data, minibert4rec.cloze; "
+            "import minibert4rec.gradcheck, minibert4rec.optim, minibert4rec.data, minibert4rec.cloze, "
+            "minibert4rec.evaluate; "
             "print(sorted(m for m in sys.modules if m.startswith('minibert4rec.fast'))); "
             "import minibert4rec.train, minibert4rec.bench, minibert4rec.cli, minibert4rec.fast; "
             "print(dict(os.environ) == before)")

@@ -287,7 +287,7 @@ def test_two_trainings_into_one_folder_one_runs_one_stops(tmp_path, data):
     # the folder is the winner's complete run, and only the winner's
     assert json.loads((d / "config.json").read_text())["train"]["seed"] == winner
     assert not [n for n in os.listdir(d) if ".tmp-" in n]
-    from minibert4rec.train import load_run
+    from minibert4rec.runs import load_run
     load_run(d)
 
 
@@ -642,7 +642,7 @@ def test_read_only_folders_are_one_line(copy, tmp_path, data, capsys, monkeypatc
 
 def test_parameter_shapes_are_the_models():
     from minibert4rec.model import Config, init_params
-    from minibert4rec.train import param_shapes
+    from minibert4rec.runs import param_shapes
     for position in ("learned", "sinusoidal", "none"):
         cfg = Config(vocab_size=13, max_len=7, hidden=6, layers=3, heads=2, ffn=10, position=position)
         assert param_shapes(cfg) == {k: v.shape for k, v in init_params(cfg).items()}

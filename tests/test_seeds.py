@@ -8,8 +8,10 @@ from minibert4rec.cli import main
 from minibert4rec.errors import InputError
 from minibert4rec.evaluate import PAPER_ROWS, first_reaching, spread
 from minibert4rec.figures import seeds_figure
-from minibert4rec import train as training
-from minibert4rec.train import PRESETS, TrainConfig, dataset_of, load_run, train
+from minibert4rec import evaluate as ev
+from minibert4rec.runs import dataset_of, load_run
+from minibert4rec.settings import PRESETS, TrainConfig
+from minibert4rec.train import train
 
 TINY = dict(dataset="synthetic", hidden=16, heads=2, layers=1, batch_size=128, max_len=12,
             progress=False, lr=3e-3, warmup=10, synthetic_users=400, epochs=2)
@@ -68,8 +70,8 @@ def test_negatives_seed_scores_the_test_split_on_that_seeds_negatives(seed_runs)
     assert (tcfg.seed, tcfg.test_seed) == (1, 0)
     ds = dataset_of(tcfg)
     saved = json.load(open(f"{s1}/metrics.json"))["sampled"]
-    on_seed0 = training.test_metrics(model, ds, protocol="sampled", seed=0)["sampled"]
-    on_seed1 = training.test_metrics(model, ds, protocol="sampled", seed=1)["sampled"]
+    on_seed0 = ev.test_metrics(model, ds, protocol="sampled", seed=0)["sampled"]
+    on_seed1 = ev.test_metrics(model, ds, protocol="sampled", seed=1)["sampled"]
     assert saved == on_seed0 and on_seed0 != on_seed1
     # the tracked curve of the kept epoch is scored on the same negatives as metrics.json
     state = json.load(open(f"{s1}/state.json"))
@@ -120,7 +122,7 @@ def test_figures_command_takes_seed_runs(seed_runs, tmp_path, capsys):
 def test_the_presets_doc_lists_every_preset_as_the_code_has_it():
     """docs/presets.md's table is what `train --dataset NAME` trains: it must follow PRESETS."""
     import pathlib
-    from minibert4rec.train import DEFAULT_PRESET
+    from minibert4rec.settings import DEFAULT_PRESET
     doc = (pathlib.Path(__file__).parents[1] / "docs" / "presets.md").read_text()
     rows = {}
     for line in doc.splitlines():

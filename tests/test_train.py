@@ -10,7 +10,9 @@ import numpy as np
 import pytest
 
 from minibert4rec.errors import InputError
-from minibert4rec.train import PRESETS, TrainConfig, dataset_of, load_npz, load_run, save_npz, train
+from minibert4rec.runs import dataset_of, load_run, read_arrays, write_arrays
+from minibert4rec.settings import PRESETS, TrainConfig
+from minibert4rec.train import train
 
 TINY = dict(dataset="synthetic", hidden=16, heads=2, layers=1, batch_size=128, max_len=12,
             progress=False, lr=3e-3, warmup=10, decay_epochs=3, synthetic_users=600)
@@ -87,7 +89,7 @@ def test_same_seed_same_metrics_other_seed_differs(run3, tmp_path):
 
 
 def test_training_beats_popularity_on_synthetic(tmp_path):
-    from minibert4rec.train import popularity_metrics
+    from minibert4rec.evaluate import popularity_metrics
     # 8 epochs at lr 2e-3 (warm-up 30): sampled NDCG@10 0.41-0.45 for seeds 0-4, popularity
     # 0.22. The former 5 epochs at lr 3e-3 (warm-up 10) stayed at the popularity level for
     # some seeds (0.22-0.43): it passed for seed 0 by luck of the draw.
@@ -104,7 +106,7 @@ def test_checkpoint_refuses_pickle(tmp_path):
     path = tmp_path / "evil.npz"
     np.savez(path, x=np.array([{"a": 1}], dtype=object))
     with pytest.raises(InputError, match="pickle"):
-        load_npz(path)
+        read_arrays(path)
 
 
 def test_truncated_checkpoint_is_reported(run3, tmp_path):
@@ -137,14 +139,14 @@ def test_incompatible_checkpoint_is_reported(run3, tmp_path):
 
 def test_atomic_save_keeps_the_old_file_when_writing_fails(tmp_path):
     path = tmp_path / "w.npz"
-    save_npz(path, {"a": np.ones(3)})
+    write_arrays(path, {"a": np.ones(3)})
 
     class Boom:                          # np.savez fails half-way through the arrays
         def __array__(self, *a, **k):
             raise RuntimeError("disk full")
     with pytest.raises(RuntimeError):
-        save_npz(path, {"a": np.zeros(3), "b": Boom()})
-    assert np.array_equal(load_npz(path)["a"], np.ones(3))
+        write_arrays(path, {"a": np.zeros(3), "b": Boom()})
+    assert np.array_equal(read_arrays(path)["a"], np.ones(3))
     assert os.listdir(tmp_path) == ["w.npz"]                 # no temporary file left
 
 
@@ -270,9 +272,9 @@ def test_a_run_folder_of_an_earlier_version_resumes_bit_identically(run3, tmp_pa
     with np.load(d / "checkpoint.npz") as z:
         arrays = {n: z[n] for n in z.files}
     part = lambda prefix: {n[len(prefix):]: a for n, a in arrays.items() if n.startswith(prefix)}  # noqa: E731
-    save_npz(d / "last.npz", part("params/"))
-    save_npz(d / "weights.npz", part("best/"))
-    save_npz(d / "optimizer.npz", {n: a for n, a in arrays.items() if n[:2] in ("m/", "v/")})
+    write_arrays(d / "last.npz", part("params/"))
+    write_arrays(d / "weights.npz", part("best/"))
+    write_arrays(d / "optimizer.npz", {n: a for n, a in arrays.items() if n[:2] in ("m/", "v/")})
     (d / "state.json").write_text(arrays["state"].tobytes().decode())
     os.remove(d / "checkpoint.npz")
     assert np.array_equal(weights(d)["item_emb"], arrays["params/item_emb"])    # read as it is
@@ -280,7 +282,7 @@ def test_a_run_folder_of_an_earlier_version_resumes_bit_identically(run3, tmp_pa
     with pytest.raises(InputError, match=r"incomplete checkpoint of an earlier version "
                                          r"\(last\.npz, state\.json only\)"):
         train(TrainConfig(epochs=3, **TINY), d, resume=True, log=quiet)
-    save_npz(d / "optimizer.npz", {n: a for n, a in arrays.items() if n[:2] in ("m/", "v/")})
+    write_arrays(d / "optimizer.npz", {n: a for n, a in arrays.items() if n[:2] in ("m/", "v/")})
     metrics = train(TrainConfig(epochs=3, **TINY), d, resume=True, log=quiet)
     a, b = weights(d3), weights(d)
     assert all(np.array_equal(a[k], b[k]) for k in a) and metrics == metrics3
