@@ -25,9 +25,9 @@ def cmd_gradcheck(args) -> int:
     if args.json:
         print(json.dumps([r.as_dict() for r in results], indent=1))
     else:
-        print(f"{'component':42s} {'tensor':13s} {'max rel error':>13s}  result")
+        print(f"{'component':42s} {'tensor':13s} {'max rel error':>13s} {'tolerance':>9s}  result")
         for r in results:
-            print(f"{r.component:42s} {r.tensor:13s} {r.max_rel_error:13.2e}  "
+            print(f"{r.component:42s} {r.tensor:13s} {r.max_rel_error:13.2e} {r.tol:9.0e}  "
                   f"{'pass' if r.passed else 'FAIL'}")
         parts = sorted({r.component.split(" ")[0] for r in results if r.component[0].isdigit()}, key=int)
         print(f"\n{len(results)} gradients in {len(parts)} layer parts + the whole model: "
@@ -356,7 +356,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Check every hand-written backward against centred finite "
                                    "differences (float64, random upstream gradient); exit 1 if any fails.")
     p.add_argument("--json", action="store_true",
-                   help="print a JSON list of {component, tensor, max_rel_error, passed}")
+                   help="print a JSON list of {component, tensor, max_rel_error, passed, tol}")
     p.add_argument("--seed", type=int_at_least(0), default=0, help="seed of the random inputs (default 0)")
     p.add_argument("--kernels", choices=("reference", "fast"), default="reference",
                    help="check the plain layers (default) or, for the training loss and the "

@@ -144,7 +144,10 @@ def init_params(cfg: Config, seed=0, dtype=np.float32) -> dict:
 
 
 def gather_rows(h, sel):
-    """h: (B, T, D), sel: (M,) distinct flat indices into B*T -> (M, D)."""
+    """h: (B, T, D), sel: (M,) flat indices into B*T -> (M, D).
+
+    In the model ``sel`` holds the masked positions, each once; an index given twice
+    is gathered twice (and its gradients add up in the backward)."""
     return h.reshape(-1, h.shape[-1])[sel], (h.shape, sel)
 
 
@@ -152,7 +155,8 @@ def gather_rows_backward(dout, cache):
     """dout: (M, D) -> (dh (B, T, D),), zero at the positions not gathered.
 
     forward: out[m] = h_flat[sel[m]], so dh_flat[sel[m]] += dout[m] (np.add.at, as
-    the embedding lookup; the indices are distinct here, so += would do too).
+    the embedding lookup: a repeated index collects every row's gradient, where
+    dh_flat[sel] += dout would keep only the last).
     """
     shape, sel = cache
     dh = np.zeros((shape[0] * shape[1], shape[2]), dtype=dout.dtype)
@@ -365,6 +369,15 @@ class BERT4Rec:
         sel: (M,) flat indices (b * T + t) of the masked positions
         targets: (M,) the true items there;  weights: (M,) or None (all real)
         Returns (loss, grads) with grads[name].shape == params[name].shape.
+
+        Forward:  h = encode(ids);  hg = h_flat[sel];  n = head(hg);
+                  loss = the weighted mean of CE(n E^T + out_bias, targets)
+        Backward, the same chain in reverse (each step the backward of its pair):
+                  dn, dE, dout_bias <- the loss;  dhg <- head;  dh <- gather
+                  (zero rows where nothing was masked);  the encoder's gradients <- dh.
+        E = params["item_emb"] is used twice (output matrix and input lookup), so its
+        gradient is the sum of both uses: the output's share first, then encode_backward
+        adds the lookup's.
         """
         p = self.params
         h, enc_cache = self.encode(ids, rng, train, keep_attention=False)       # (B, T, D)

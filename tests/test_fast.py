@@ -2,8 +2,9 @@
 
 Bounds: float64 agrees to 1e-12 relative (the fused head sums the same terms in
 another order); float32 to 1e-4 relative on the loss and 1e-4 (relative to the
-gradient's largest entry) on gradients: the reference's float32 softmax of
-(M, V) logits and the fused tile sums round differently.
+gradient's largest entry) on gradients for the head alone, 2e-4 for a whole
+training step (the encoder's float32 rounding adds to it): the reference's
+float32 softmax of (M, V) logits and the fused tile sums round differently.
 """
 import ast
 import os
@@ -84,13 +85,23 @@ def test_fused_head_is_the_same_on_one_and_two_threads(monkeypatch, scale):
     E = r.standard_normal((V, Dm)).astype(np.float32)
     b = r.standard_normal(V).astype(np.float32)
     t = r.integers(0, V, M)
+    if Ft.blas_threads() is None:
+        pytest.skip("the head splits its tiles only under OpenBLAS (NumPy's default BLAS)")
     monkeypatch.setattr(Ft, "BLAS_SPIN_IS_SHORT", True)       # split even if NumPy came first
+    import threading
+    split, workers = Ft.run_split, set()
+
+    def watched_split(work, items):                          # which threads ran the tile groups
+        return split(lambda part: (workers.add(threading.get_ident()), work(part)), items)
+    monkeypatch.setattr(Ft, "run_split", watched_split)
     runs = []
     for n_threads in (1, 2):
         monkeypatch.setattr(Ft, "SPLIT_THREADS", n_threads)
+        workers.clear()
         before = Ft.blas_threads()
         runs.append(fast.fused_output_loss(n, E, b, t, chunk=16, tile=16 * 96))
         assert Ft.blas_threads() == before                    # BLAS's thread count restored
+        assert len(workers) == (0 if n_threads == 1 else 2)   # serial, or really on two threads
     (l1, *g1), (l2, *g2) = runs
     assert l1 == l2
     for u, v in zip(g1, g2):

@@ -4,6 +4,7 @@ import pytest
 
 from minibert4rec import attention as A
 from minibert4rec import layers as Ly
+from minibert4rec import model as Mo
 from minibert4rec.gradcheck import check_gradients, numerical_vjp, rel_error, suite
 
 
@@ -90,7 +91,15 @@ BREAKS = [
     (Ly, "gelu_backward", lambda d, c: (d * (c[2] if c[0] == "erf" else 0.5 * (1 + c[2])),)),  # dropped x*phi(x)
     (A, "attention_backward",
      lambda d, c, orig=A.attention_backward: tuple(g * (1.0 if i else 1.01) for i, g in enumerate(orig(d, c)))),
+    (Mo, "gather_rows_backward", lambda d, c: (_scatter_keeping_the_last(d, c),)),  # dh[sel] += d
 ]
+
+
+def _scatter_keeping_the_last(dout, cache):
+    shape, sel = cache
+    dh = np.zeros((shape[0] * shape[1], shape[2]))
+    dh[sel] += dout                 # a repeated index keeps one row's gradient, not the sum
+    return dh.reshape(shape)
 
 
 @pytest.mark.parametrize("module,name,wrong", BREAKS, ids=[b[1] for b in BREAKS])
@@ -105,3 +114,14 @@ def test_suite_fails_when_a_backward_is_broken(monkeypatch, module, name, wrong)
             monkeypatch.setattr(m, name, wrong)
     failed = [r for r in suite() if not r.passed]
     assert failed, f"breaking {name} went unnoticed"
+
+
+def test_suite_refuses_a_backward_that_leaves_out_a_gradient(monkeypatch):
+    orig = A.mha_backward
+
+    def without_bk(d, c):
+        dx, g = orig(d, c)
+        return dx, {k: v for k, v in g.items() if k != "bk"}
+    monkeypatch.setattr(A, "mha_backward", without_bk)
+    with pytest.raises(ValueError, match="bk: the backward returned no gradient"):
+        suite()

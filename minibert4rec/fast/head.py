@@ -150,6 +150,9 @@ def fused_output_loss(n, E, out_bias, targets, weights=None, chunk=1024, tile=TI
         total = zE1[:, D]                                                    # (m,) row sums
         log_p_t = target_logits[rows] - np.log(total) - (0 if shift is None else shift)
         loss -= float(np.dot(c, log_p_t))
+        # softmax is unchanged by a shift: with z = exp(logit - s), p = z / total all
+        # the same, so a = c / total holds with or without the shift; only the log of
+        # the target's probability needs s back (log_p_t above)
         a = c / total                                                        # (m,)
         dn[rows] = a[:, None] * zE1[:, :D] - c[:, None] * E[targets[rows]]
         na = n1_c * a[:, None]                                               # (m, D+1)
