@@ -6,7 +6,7 @@ Reading order (the teaching path, the reference maths):
     encoder.py    feed-forward, post-LN sublayer, encoder block
     model.py      BERT4Rec: embeddings -> blocks -> output head -> loss
     gradcheck.py  finite-difference checks of every backward (public API)
-then data.py, cloze.py, optim.py, settings.py, train.py, runs.py, evaluate.py,
+then data.py, cloze.py, optim.py, settings.py, runs.py, train.py, evaluate.py,
 analysis.py; cli.py is the command line. The fast path (a fused output head,
 thread and memory settings) lives apart in ``minibert4rec.fast``, is switched on explicitly
 (``--kernels fast``, the command line's default for train, bench and demo; the

@@ -552,7 +552,8 @@ def attention_over_training(tcfg, run_dir, k=10, log=None):
 
     from .data import leave_one_out
     from .evaluate import popularity_metrics, test_metrics
-    from .runs import dataset_of, load_run, read_json
+    from .runs import load_run, read_json
+    from .settings import dataset_of
     from .train import train
     quiet = log or (lambda *args: None)
     base = tcfg.resolved()                  # the preset's epochs; decay at the last epoch
@@ -710,8 +711,8 @@ def titled_model(work_dir, dataset="ml-100k", run_dir=None, users=None, data_dir
     import os
 
     from .data import item_labels, item_titles, load_dataset
-    from .runs import dataset_of, load_run
-    from .settings import PRESETS, TrainConfig
+    from .runs import load_run
+    from .settings import PRESETS, TrainConfig, dataset_of
     from .train import train
     quiet = log or (lambda *args: None)
     if run_dir is None or not os.path.exists(os.path.join(run_dir, "metrics.json")):

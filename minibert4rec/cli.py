@@ -86,7 +86,8 @@ def _check_resume_options(args) -> None:
 
 def cmd_train(args) -> int:
     from .evaluate import popularity_metrics
-    from .runs import dataset_of
+    from .runs import read_run_config
+    from .settings import dataset_of
     from .train import train
     run_dir = args.resume or args.out
     if args.resume and args.out and args.out != args.resume:
@@ -99,7 +100,6 @@ def cmd_train(args) -> int:
     if args.resume and os.path.isdir(run_dir) and os.path.exists(os.path.join(run_dir, "config.json")):
         # epochs, threads and kernels not given: the run's own (it computes as it did)
         from dataclasses import replace
-        from .runs import read_run_config
         saved = read_run_config(run_dir)[1]
         defaults = {a.dest: a.default for a in args.parser._actions}
         tcfg = replace(tcfg, epochs=args.epochs,          # None: up to the run's own --epochs
@@ -110,7 +110,6 @@ def cmd_train(args) -> int:
     if metrics is None:                       # Ctrl-C: checkpoint saved, nothing to report
         return 130
     if args.resume:                           # the run's own settings, as training used them
-        from .runs import read_run_config
         _, tcfg, _ = read_run_config(run_dir)
     ds = dataset_of(tcfg.resolved())
     label = "BERT4Rec (this run)" if tcfg.attention == "bidirectional" else "causal (this run)"
@@ -123,9 +122,8 @@ def cmd_train(args) -> int:
 
 def cmd_evaluate(args) -> int:
     import contextlib
-    from .runs import METRICS, RunFolder, read_json
     from .evaluate import popularity_metrics, test_metrics
-    from .runs import load_run_and_data
+    from .runs import METRICS, RunFolder, load_run_and_data, read_json
     with contextlib.ExitStack() as stack:
         # --save writes into the run folder: take it first (one writer), so that a folder in
         # use is reported at once, not after the evaluation
@@ -293,8 +291,8 @@ def cmd_demo(args) -> int:
     from .data import leave_one_out
     from .plotting import plot_training_curve
     from .evaluate import popularity_metrics
-    from .runs import dataset_of, load_run, read_json
-    from .settings import TrainConfig
+    from .runs import load_run, read_json
+    from .settings import TrainConfig, dataset_of
     from .train import train
     tcfg = TrainConfig(**DEMO, seed=args.seed, progress=not args.no_progress, kernels=args.kernels)
     run_dir = args.run_dir
@@ -531,7 +529,7 @@ def main(argv=None) -> int:
     if command_uses_fast_kernels(argv):
         from .fast.threads import prefer_short_blas_spin
         prefer_short_blas_spin()
-    from .train import TrainingStopped
+    from .errors import TrainingStopped
     ap = build_parser()
     args = ap.parse_args(argv)
     args.argv = argv                      # the command as typed (recorded by `figures`)

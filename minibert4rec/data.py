@@ -164,6 +164,16 @@ def leave_one_out(ds: Dataset) -> Split:
 # --------------------------------------------------------------------------- #
 # From a list of interactions to a Dataset (id remapping)
 # --------------------------------------------------------------------------- #
+def check_same_data(model, ds: Dataset, run_dir=None) -> None:
+    """Refuse to use a model on a data set whose items are not the ones it was trained on
+    (its vocabulary, ``model.cfg.vocab_size``, must be ``ds.vocab_size``)."""
+    if model.cfg.vocab_size != ds.vocab_size:
+        where = f"{run_dir}: " if run_dir is not None else ""
+        raise InputError(f"{where}the model knows {model.cfg.vocab_size - 2} items, the data set "
+                         f"{ds.name} now has {ds.n_items}: the data file changed since training "
+                         f"(the model's item ids would not match)")
+
+
 def _number_by_first_appearance(values) -> tuple[np.ndarray, list]:
     """Number distinct values 0, 1, 2, ... in order of first appearance.
 

@@ -4,12 +4,18 @@ Every problem with a user's file, dataset, checkpoint or hyper-parameter raises
 ``InputError`` (a ``ValueError``) with a one-line message; for data files the
 message starts with ``path:line:`` so an editor can jump there. The command line
 prints the message and exits with status 2 instead of showing a traceback.
+A training that diverges stops with ``TrainingStopped``, also printed as one line.
 """
 from __future__ import annotations
 
 
 class InputError(ValueError):
     """Bad input the user can fix: the message says what and where."""
+
+
+class TrainingStopped(Exception):
+    """Training diverged (a non-finite loss, gradient, weight or validation score) and stopped;
+    the message names the checkpoint that is kept (train.py raises it)."""
 
 
 def at(path, line: int | None, message: str) -> InputError:

@@ -56,6 +56,10 @@ without replacement from the allowed items, and it vectorises: all users draw at
 short stream (rare) is extended, never thrown away, so the distribution stays exact.
 
 Everything is seeded: ``evaluate(..., seed=s)`` returns an identical dict for identical inputs.
+
+For a model and a data set: ``test_metrics(model, ds)`` (the test split, both protocols),
+``popularity_metrics(ds)`` (the baseline, scored the same way); for several runs of one
+setting: ``PAPER_ROWS``, ``first_reaching``, ``spread``.
 """
 from __future__ import annotations
 
@@ -64,7 +68,7 @@ from typing import Callable, Sequence
 import numpy as np
 from tqdm import tqdm
 
-from .data import Dataset, leave_one_out
+from .data import Dataset, check_same_data, leave_one_out
 from .errors import InputError
 
 METRIC_KEYS = ("HR@1", "HR@5", "HR@10", "NDCG@5", "NDCG@10", "MRR")
@@ -463,29 +467,8 @@ def popularity_scorer(popularity: np.ndarray) -> ScoreFn:
     return score_fn
 
 
-# ----------------------------------------------------------------------------
-# Several runs of one setting: the paper's row, when a run reaches it, mean and spread
-# ----------------------------------------------------------------------------
-
-# The paper's d = 64 rows (Table 4, sampled protocol), the targets of the reproductions.
-PAPER_ROWS = {
-    "beauty": {"HR@10": 0.3047, "NDCG@10": 0.1832},
-    "ml-1m": {"HR@10": 0.6955, "NDCG@10": 0.4759},
-}
-
-
-# ----------------------------------------------------------------------------
-# A model on a data set's leave-one-out split
-# ----------------------------------------------------------------------------
-
-
-def check_same_data(model, ds: Dataset, run_dir=None) -> None:
-    """Refuse to use a model on a data set whose items are not the ones it was trained on."""
-    if model.cfg.vocab_size != ds.vocab_size:
-        where = f"{run_dir}: " if run_dir is not None else ""
-        raise InputError(f"{where}the model knows {model.cfg.vocab_size - 2} items, the data set "
-                         f"{ds.name} now has {ds.n_items}: the data file changed since training "
-                         f"(the model's item ids would not match)")
+# --------------------------------------------------------------------------- a model on a data set
+# BERT4Rec on a data set's leave-one-out split (test_metrics: the paper's protocol)
 
 
 def evaluate_model(model, histories, targets, popularity, protocol="both", negatives=None,
@@ -516,6 +499,17 @@ def popularity_metrics(ds: Dataset, split=None, protocol="both", seed=0, n_negat
     return evaluate(popularity_scorer(ds.popularity()), split.test_input, split.test_target,
                     protocol=protocol, popularity=ds.popularity(), seed=seed,
                     n_negatives=n_negatives)
+
+
+# ----------------------------------------------------------------------------
+# Several runs of one setting: the paper's row, when a run reaches it, mean and spread
+# ----------------------------------------------------------------------------
+
+# The paper's d = 64 rows (Table 4, sampled protocol), the targets of the reproductions.
+PAPER_ROWS = {
+    "beauty": {"HR@10": 0.3047, "NDCG@10": 0.1832},
+    "ml-1m": {"HR@10": 0.6955, "NDCG@10": 0.4759},
+}
 
 
 def first_reaching(history: list[dict], target: dict[str, float], split: str = "test"):

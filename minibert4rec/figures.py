@@ -114,9 +114,9 @@ def run_figures(run, causal_run, out, data_dir=None, k=10, command=None):
     """The figures that come from trained runs (Beauty in the README)."""
     from .analysis import (attention_stats, collect_attention, learned_enough,
                            write_attention_report)
-    from .data import leave_one_out
     from .plotting import plot_positional_encodings, plot_training_curve
-    from .evaluate import check_same_data, popularity_metrics, test_metrics
+    from .data import check_same_data, leave_one_out
+    from .evaluate import popularity_metrics, test_metrics
     from .runs import load_run, load_run_and_data, read_json
     paths = []
     model, tcfg, conf, ds = load_run_and_data(run, data_dir, last=k)
@@ -179,8 +179,7 @@ def seeds_figure(run_dirs, out, command=None):
     from .errors import InputError
     from .evaluate import PAPER_ROWS, first_reaching, spread
     from .plotting import plot_runs_curves
-    from .runs import read_json
-    from .runs import read_run_config
+    from .runs import read_json, read_run_config
     rows, histories, datasets, test_seeds = [], [], set(), set()
     for run in run_dirs:
         _, tcfg, _ = read_run_config(run)

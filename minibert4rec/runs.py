@@ -50,11 +50,10 @@ import zipfile
 import numpy as np
 
 from . import files
-from .data import Dataset, load_dataset
+from .data import check_same_data
 from .errors import InputError
-from .evaluate import check_same_data
 from .model import BERT4Rec, Config
-from .settings import TrainConfig
+from .settings import TrainConfig, dataset_of
 
 FORMAT_VERSION = 1                               # config.json's "format_version"
 CONFIG, ITEMS, CHECKPOINT = "config.json", "items.txt", "checkpoint.npz"
@@ -543,7 +542,8 @@ class RunFolder:
 
 
 # ----------------------------------------------------------------------------
-# Checks on what a run folder holds, before anything is allocated from it
+# Checks on what a run folder holds, before anything is allocated from it (and
+# on a new run's size); the random generators' states in the checkpoint
 # ----------------------------------------------------------------------------
 
 
@@ -766,15 +766,7 @@ def load_run_and_data(run_dir, data_dir=None, which="best", last=None):
     return model, tcfg, conf, ds
 
 
-def dataset_of(tcfg: TrainConfig) -> Dataset:
-    if tcfg.dataset == "synthetic" and (tcfg.synthetic_users, tcfg.synthetic_items) != (2000, 200):
-        from .data import filter_min_interactions, synthetic
-        return filter_min_interactions(synthetic(tcfg.synthetic_users, tcfg.synthetic_items),
-                                       tcfg.min_interactions)
-    return load_dataset(tcfg.dataset, tcfg.data_dir, tcfg.min_interactions)
-
-
-__all__ = ["load_run", "load_run_and_data", "read_run_config", "saved_train_config", "dataset_of",
+__all__ = ["load_run", "load_run_and_data", "read_run_config", "saved_train_config",
            "param_shapes", "check_fits", "check_state", "rng_state", "rng_from_state",
            "FORMAT_VERSION", "RunFolder", "Npz", "read_json", "write_json", "read_arrays", "write_arrays",
            "read_checkpoint", "pack_checkpoint", "fields_from_json", "check_out_folder",

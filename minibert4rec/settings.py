@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 
+from .data import Dataset, filter_min_interactions, load_dataset, synthetic
 from .errors import InputError
 from .fast import KERNELS
 from .model import Config
@@ -99,6 +100,8 @@ class TrainConfig:
         return cfg
 
     def validate(self):
+        """Raise InputError (one line) on any out-of-range value; on resolved settings only
+        (``resolved()`` calls it after filling the preset's None fields)."""
         def bad(msg):
             raise InputError(f"invalid training setting: {msg}")
         if self.epochs is None or self.epochs < 1:
@@ -151,6 +154,7 @@ class TrainConfig:
         return self.seed if self.negatives_seed is None else self.negatives_seed
 
     def model_config(self, vocab_size) -> Config:
+        """The model's Config (model.py) for a vocabulary of ``vocab_size`` ids."""
         return Config(vocab_size=vocab_size, max_len=self.max_len, hidden=self.hidden,
                       layers=self.layers, heads=self.heads, ffn=self.ffn,
                       hidden_dropout=self.hidden_dropout,
@@ -158,5 +162,14 @@ class TrainConfig:
                       attention=self.attention, gelu=self.gelu)
 
 
+def dataset_of(tcfg: TrainConfig) -> Dataset:
+    """The data set ``tcfg`` names: the synthetic data of ``tcfg.synthetic_users`` users and
+    ``tcfg.synthetic_items`` items, or a named data set or file (``data.load_dataset``, found
+    in ``tcfg.data_dir``); users with fewer than ``tcfg.min_interactions`` items dropped."""
+    if tcfg.dataset == "synthetic":
+        return filter_min_interactions(synthetic(tcfg.synthetic_users, tcfg.synthetic_items),
+                                       tcfg.min_interactions, "synthetic")
+    return load_dataset(tcfg.dataset, tcfg.data_dir, tcfg.min_interactions)
 
-__all__ = ["TrainConfig", "PRESETS", "DEFAULT_PRESET"]
+
+__all__ = ["TrainConfig", "PRESETS", "DEFAULT_PRESET", "dataset_of"]

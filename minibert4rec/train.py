@@ -1,8 +1,12 @@
 """Training BERT4Rec: the loop, validation, checkpoints, exact resume.
 
-One call does everything:  ``train(TrainConfig(dataset="beauty"), run_dir="runs/beauty")``.
+One call does everything:
 
-The loop, without its bookkeeping (``_train_loop`` at the end of this file):
+    from minibert4rec.settings import TrainConfig
+    from minibert4rec.train import train
+    metrics = train(TrainConfig(dataset="beauty"), run_dir="runs/beauty")
+
+The loop, without its bookkeeping (``_train_loop``, after ``train`` and ``_train``):
 
     model = BERT4Rec(cfg)                                    # model.py
     opt = AdamWeightDecay(model.params, lr=lr, warmup=warmup, ...)       # optim.py
@@ -11,7 +15,7 @@ The loop, without its bookkeeping (``_train_loop`` at the end of this file):
             loss, grads = model.loss_and_grads(batch.ids, batch.sel, batch.targets,
                                                rng=dropout_rng, train=True)
             opt.step(model.params, grads)                    # clip, learning rate, update
-        valid = evaluate(model.score_next, validation split, ...)   # evaluate.py, sampled
+        valid = evaluate(validation split, model.score_candidates, ...)  # evaluate.py, sampled
         if valid["NDCG@10"] improved: keep a copy of the weights
         write the checkpoint
     the test metrics of the kept weights -> metrics.json
@@ -56,80 +60,38 @@ import warnings
 from dataclasses import asdict, replace
 
 import numpy as np
+from tqdm import tqdm           # (not tqdm.auto: it warns in a Jupyter without ipywidgets)
 
 from . import evaluate as ev
 from . import fast
 from . import runs
 from .cloze import ClozeSampler
 from .data import leave_one_out
-from .errors import InputError
+from .errors import InputError, TrainingStopped
 from .fast.threads import blas_thread_limit
 from .model import BERT4Rec
 from .optim import AdamWeightDecay
-from .settings import TrainConfig
-
-
-class TrainingStopped(Exception):
-    """Training diverged (a non-finite loss, gradient, weight or validation score) and stopped;
-    the message names the checkpoint that is kept."""
+from .settings import TrainConfig, dataset_of
 
 
 # ----------------------------------------------------------------------------
-# The training loop
+# Training a run: train -> _train (settings, data, run folder) -> _train_loop (epochs)
 # ----------------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def _quiet_overflows():
-    """No NumPy overflow warnings while training: a step that overflows makes a non-finite
-    loss, gradient, weight or score, which the guard reports in one line (TrainingStopped).
-    (A warnings filter, not np.errstate: it also covers the fast path's worker threads.)"""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", category=RuntimeWarning,
-                                message=r"(overflow|invalid value|divide by zero) encountered")
-        yield
-
-
-class _Interrupt:
-    """Turns SIGINT into a flag, so a step is never cut in half; a second Ctrl-C aborts."""
-
-    def __init__(self):
-        self.requested = False
-
-    def __enter__(self):
-        self._old = signal.getsignal(signal.SIGINT)
-        try:
-            signal.signal(signal.SIGINT, self._handle)
-        except ValueError:          # not in the main thread: leave the handler alone
-            self._old = None
-        return self
-
-    def _handle(self, signum, frame):
-        if self.requested:
-            raise KeyboardInterrupt
-        self.requested = True
-
-    def __exit__(self, *exc):
-        if self._old is not None:
-            signal.signal(signal.SIGINT, self._old)
-
-
-def validation_negatives(split, popularity, n_negatives, seed):
-    """(U, n_negatives) sampled negatives for the validation item of every user.
-
-    Like the test's, they avoid every item the user interacted with: the
-    validation input, the validation item AND the test item (not in the
-    validation input, but the user's all the same).
-    """
-    everything = [np.append(h, t) for h, t in zip(split.valid_input, split.test_target)]
-    return ev.sample_negatives(everything, split.valid_target, popularity, n_negatives, seed=seed)
 
 
 def train(tcfg: TrainConfig, run_dir, resume=False, log=print, overwrite=False):
-    """Train (or resume) a run; see _train. ``tcfg.threads`` limits BLAS threads meanwhile.
+    """Train (or resume) the run ``tcfg`` describes in the folder ``run_dir``.
 
-    With ``tcfg.kernels == "fast"`` the fast path's process-wide settings are
-    switched on first (``minibert4rec.fast.enable``).
+    Returns the test metrics of the kept weights ({"sampled": {...}, "full": {...}}, also
+    written to metrics.json), or None after Ctrl-C. Stops after ``tcfg.epochs`` epochs in
+    total, at the ``tcfg.minutes`` budget, or on Ctrl-C; the last two save a resumable
+    checkpoint first (after Ctrl-C nothing is evaluated; a second Ctrl-C aborts).
+    resume: continue the run in ``run_dir``; it takes from ``tcfg`` only epochs (None: the
+    run's own), minutes, threads, kernels, data_dir and progress, the rest from the run's
+    config.json. overwrite: replace a finished or abandoned run in ``run_dir``.
+    log: where progress lines go (print). ``tcfg.threads`` limits BLAS threads meanwhile;
+    with ``tcfg.kernels == "fast"`` the fast path's process-wide settings are switched on
+    first (``minibert4rec.fast.enable``).
     """
     if tcfg.kernels == "fast":
         fast.enable()
@@ -137,65 +99,10 @@ def train(tcfg: TrainConfig, run_dir, resume=False, log=print, overwrite=False):
         return _train(tcfg, run_dir, resume, log, overwrite)
 
 
-def _absolute_paths(tcfg: TrainConfig) -> TrainConfig:
-    """The data file and data folder as absolute paths, so the run works from any folder."""
-    from .data import NAMED_DATASETS
-    dataset, data_dir = tcfg.dataset, tcfg.data_dir
-    if dataset not in NAMED_DATASETS and os.path.isfile(os.path.expanduser(dataset)):
-        dataset = os.path.abspath(os.path.expanduser(dataset))
-    if data_dir:
-        data_dir = os.path.abspath(os.path.expanduser(data_dir))
-    return replace(tcfg, dataset=dataset, data_dir=data_dir)
-
-
-def _read_checkpoint_of(run_dir, shapes, steps_per_epoch):
-    """(params, best, moments, state, legacy?) of a run's last complete checkpoint, or None.
-
-    checkpoint.npz, else the three files of earlier versions (last.npz,
-    optimizer.npz, state.json), else None: nothing saved yet, start at the beginning.
-    """
-    path = os.path.join(run_dir, runs.CHECKPOINT)
-    if os.path.exists(path):
-        c = runs.read_checkpoint(path, shapes)
-        state = runs.check_state(c["state"], path, steps_per_epoch)
-        params, best, moments = c["params"], c["best"], c["moments"]
-        legacy = False
-    else:
-        old = [os.path.join(run_dir, n) for n in ("last.npz", "optimizer.npz", "state.json")]
-        present = [os.path.exists(p) for p in old]
-        if not any(present):
-            return None
-        if not all(present):
-            have = ", ".join(os.path.basename(p) for p, e in zip(old, present) if e)
-            raise InputError(f"{run_dir}: holds an incomplete checkpoint of an earlier version "
-                             f"({have} only): it cannot be resumed; train again with --overwrite")
-        state = runs.check_state(runs.read_json(old[2]), old[2], steps_per_epoch)
-        params = runs.read_arrays(old[0], shapes, kinds="f")
-        moments = runs.read_arrays(old[1], {f"{p}/{k}": s for p in "mv" for k, s in shapes.items()},
-                                   kinds="f")
-        best = None
-        if state["best_epoch"] is not None:
-            best = runs.read_arrays(os.path.join(run_dir, "weights.npz"), shapes, kinds="f")
-        legacy = True
-    for name, arrays in (("weights", params), ("best weights", best), ("moments", moments)):
-        bad = runs.non_finite(arrays or {})
-        if bad is not None:
-            raise InputError(f"{path}: the checkpoint's {name} hold non-finite values ({bad!r}): "
-                             f"train again with --overwrite and a lower --lr")
-    return params, best, moments, state, legacy
-
-
 def _train(tcfg: TrainConfig, run_dir, resume=False, log=print, overwrite=False):
-    """Train (or resume) a run; returns the test metrics dict written to metrics.json.
-
-    Stops after ``tcfg.epochs`` epochs in total, at the ``tcfg.minutes`` budget,
-    or on Ctrl-C; the last two save a resumable checkpoint first. After Ctrl-C
-    it returns None at once (no test evaluation); a second Ctrl-C aborts.
-    A resume takes from ``tcfg`` only epochs (None: the run's own), minutes,
-    threads, kernels, data_dir and progress; the rest is the run's config.json.
-    """
-    from tqdm import tqdm          # (tqdm.auto warns in notebooks without ipywidgets)
-
+    """``train`` inside the BLAS thread limit: the settings (a resumed run's own), the data,
+    the cloze sampler, the run folder (created, or opened and its checkpoint read), then
+    ``_train_loop``."""
     run_dir = os.fspath(run_dir)
     folder = checkpoint = None
     try:
@@ -216,7 +123,7 @@ def _train(tcfg: TrainConfig, run_dir, resume=False, log=print, overwrite=False)
             runs.check_out_folder(run_dir, overwrite)     # before the (slow) data loading
             tcfg = _absolute_paths(tcfg)
         tcfg = tcfg.resolved()
-        ds = runs.dataset_of(tcfg)
+        ds = dataset_of(tcfg)
         split = leave_one_out(ds)
         mcfg = tcfg.model_config(ds.vocab_size)
         if resume:
@@ -225,7 +132,7 @@ def _train(tcfg: TrainConfig, run_dir, resume=False, log=print, overwrite=False)
                                  f"the dataset {tcfg.dataset!r} now has {ds.vocab_size}: incompatible")
             mcfg = saved_mcfg
         runs.check_fits(mcfg, tcfg.batch_size, os.path.join(run_dir, runs.CONFIG) if resume else
-                   "the model options (--hidden, --layers, --max-len, --batch-size)")
+                        "the model options (--hidden, --layers, --max-len, --batch-size)")
         train_seqs = split.valid_input if tcfg.holdout_validation else split.train
         sampler = ClozeSampler(train_seqs, mcfg.max_len, tcfg.mask_ratio, tcfg.max_predictions,
                                tcfg.sliding_step, ds.mask_id, copies=tcfg.cloze_copies)
@@ -251,14 +158,14 @@ def _train(tcfg: TrainConfig, run_dir, resume=False, log=print, overwrite=False)
             folder = runs.RunFolder.create(run_dir, conf, overwrite)
             folder.write_text(runs.ITEMS, items)
         return _train_loop(tcfg, mcfg, ds, split, sampler, steps_per_epoch, valid_neg, folder,
-                           checkpoint, log, tqdm)
+                           checkpoint, log)
     finally:
         if folder is not None:
             folder.close()
 
 
 def _train_loop(tcfg, mcfg, ds, split, sampler, steps_per_epoch, valid_neg, folder, checkpoint,
-                log, tqdm):
+                log):
     """The epochs of _train, in a run folder it holds; checkpoint: what _read_checkpoint_of read."""
     run_dir = folder.path
     state = best_params = None
@@ -397,8 +304,8 @@ def _train_loop(tcfg, mcfg, ds, split, sampler, steps_per_epoch, valid_neg, fold
             state["loss_sum"], state["loss_batches"] = 0.0, 0
             if tcfg.track_test:
                 record["test"] = ev.test_metrics(model, ds, split, "sampled", tcfg.test_seed,
-                                              tcfg.eval_batch_size,
-                                              n_negatives=tcfg.n_negatives)["sampled"]
+                                                 tcfg.eval_batch_size,
+                                                 n_negatives=tcfg.n_negatives)["sampled"]
             # the evaluations' share of the time (the next epoch's "minutes" include it)
             record["eval_minutes"] = round((time.perf_counter() - t_eval) / 60, 3)
             state["history"].append(record)
@@ -417,9 +324,110 @@ def _train_loop(tcfg, mcfg, ds, split, sampler, steps_per_epoch, valid_neg, fold
         return None
     best, _, _ = runs.load_run(run_dir, "best")
     metrics = ev.test_metrics(best, ds, split, "both", tcfg.test_seed, tcfg.eval_batch_size,
-                           n_negatives=tcfg.n_negatives)
+                              n_negatives=tcfg.n_negatives)
     folder.write_json(runs.METRICS, metrics)
     return metrics
+
+
+# ----------------------------------------------------------------------------
+# What the loop leans on: paths, the checkpoint of a run being resumed,
+# validation negatives, quiet overflows, Ctrl-C
+# ----------------------------------------------------------------------------
+
+
+def _absolute_paths(tcfg: TrainConfig) -> TrainConfig:
+    """The data file and data folder as absolute paths, so the run works from any folder."""
+    from .data import NAMED_DATASETS
+    dataset, data_dir = tcfg.dataset, tcfg.data_dir
+    if dataset not in NAMED_DATASETS and os.path.isfile(os.path.expanduser(dataset)):
+        dataset = os.path.abspath(os.path.expanduser(dataset))
+    if data_dir:
+        data_dir = os.path.abspath(os.path.expanduser(data_dir))
+    return replace(tcfg, dataset=dataset, data_dir=data_dir)
+
+
+def _read_checkpoint_of(run_dir, shapes, steps_per_epoch):
+    """(params, best, moments, state, legacy?) of a run's last complete checkpoint, or None.
+
+    checkpoint.npz, else the three files of earlier versions (last.npz,
+    optimizer.npz, state.json), else None: nothing saved yet, start at the beginning.
+    """
+    path = source = os.path.join(run_dir, runs.CHECKPOINT)
+    if os.path.exists(path):
+        c = runs.read_checkpoint(path, shapes)
+        state = runs.check_state(c["state"], path, steps_per_epoch)
+        params, best, moments = c["params"], c["best"], c["moments"]
+        legacy = False
+    else:
+        old = [os.path.join(run_dir, n) for n in (*runs.LEGACY, runs.STATE)]   # last, optimizer, state
+        present = [os.path.exists(p) for p in old]
+        if not any(present):
+            return None
+        if not all(present):
+            have = ", ".join(os.path.basename(p) for p, e in zip(old, present) if e)
+            raise InputError(f"{run_dir}: holds an incomplete checkpoint of an earlier version "
+                             f"({have} only): it cannot be resumed; train again with --overwrite")
+        state = runs.check_state(runs.read_json(old[2]), old[2], steps_per_epoch)
+        params = runs.read_arrays(old[0], shapes, kinds="f")
+        moments = runs.read_arrays(old[1], {f"{p}/{k}": s for p in "mv" for k, s in shapes.items()},
+                                   kinds="f")
+        best = None
+        if state["best_epoch"] is not None:
+            best = runs.read_arrays(os.path.join(run_dir, runs.WEIGHTS), shapes, kinds="f")
+        legacy = True
+        source = f"{run_dir} ({', '.join(os.path.basename(p) for p in old)})"
+    for name, arrays in (("weights", params), ("best weights", best), ("moments", moments)):
+        bad = runs.non_finite(arrays or {})
+        if bad is not None:
+            raise InputError(f"{source}: the checkpoint's {name} hold non-finite values ({bad!r}): "
+                             f"train again with --overwrite and a lower --lr")
+    return params, best, moments, state, legacy
+
+
+@contextlib.contextmanager
+def _quiet_overflows():
+    """No NumPy overflow warnings while training: a step that overflows makes a non-finite
+    loss, gradient, weight or score, which the guard reports in one line (TrainingStopped).
+    (A warnings filter, not np.errstate: it also covers the fast path's worker threads.)"""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=RuntimeWarning,
+                                message=r"(overflow|invalid value|divide by zero) encountered")
+        yield
+
+
+class _Interrupt:
+    """Turns SIGINT into a flag, so a step is never cut in half; a second Ctrl-C aborts."""
+
+    def __init__(self):
+        self.requested = False
+
+    def __enter__(self):
+        self._old = signal.getsignal(signal.SIGINT)
+        try:
+            signal.signal(signal.SIGINT, self._handle)
+        except ValueError:          # not in the main thread: leave the handler alone
+            self._old = None
+        return self
+
+    def _handle(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __exit__(self, *exc):
+        if self._old is not None:
+            signal.signal(signal.SIGINT, self._old)
+
+
+def validation_negatives(split, popularity, n_negatives, seed):
+    """(U, n_negatives) sampled negatives for the validation item of every user.
+
+    Like the test's, they avoid every item the user interacted with: the
+    validation input, the validation item AND the test item (not in the
+    validation input, but the user's all the same).
+    """
+    everything = [np.append(h, t) for h, t in zip(split.valid_input, split.test_target)]
+    return ev.sample_negatives(everything, split.valid_target, popularity, n_negatives, seed=seed)
 
 
 __all__ = ["train", "TrainingStopped", "validation_negatives"]

@@ -435,7 +435,8 @@ def test_labelled_user_map_and_static_explorer(tmp_path, capsys):
 
 def test_attention_command_refuses_a_verdict_for_a_few_step_run(tmp_path, capsys):
     from minibert4rec import cli
-    from minibert4rec.train import TrainConfig, train
+    from minibert4rec.settings import TrainConfig
+    from minibert4rec.train import train
     run = tmp_path / "few-steps"
     train(TrainConfig(dataset="synthetic", synthetic_users=300, epochs=1, hidden=16, layers=2,
                       heads=2, batch_size=64, threads=1, progress=False), run, log=lambda *a: None)
@@ -467,7 +468,8 @@ def write_titled_data(folder, n_users=40, n_items=25, seed=0):
 def test_attention_command_draws_one_users_map_with_titles(tmp_path, capsys):
     from minibert4rec import cli
     from minibert4rec.data import load_dataset
-    from minibert4rec.train import TrainConfig, train
+    from minibert4rec.settings import TrainConfig
+    from minibert4rec.train import train
     data = write_titled_data(tmp_path)
     run = tmp_path / "films-run"
     train(TrainConfig(dataset=str(data), epochs=1, hidden=8, layers=2, heads=2, max_len=12,

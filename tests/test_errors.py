@@ -37,7 +37,8 @@ import pytest
 from minibert4rec import cli
 from minibert4rec.data import load_dataset
 from minibert4rec.errors import InputError
-from minibert4rec.train import TrainConfig, train
+from minibert4rec.settings import TrainConfig
+from minibert4rec.train import train
 
 FILES = {
     "empty.txt": "",

@@ -753,7 +753,8 @@ def test_figures_of_a_run_refuses_a_too_long_window_and_changed_data(tmp_path):
     """figures --run: --last beyond max_len, or a data file that gained items, is one line."""
     from minibert4rec.errors import InputError as Err
     from minibert4rec.figures import run_figures
-    from minibert4rec.train import TrainConfig, train
+    from minibert4rec.settings import TrainConfig
+    from minibert4rec.train import train
     run = tmp_path / "run"
     train(TrainConfig(dataset="synthetic", epochs=1, hidden=8, heads=2, layers=1, max_len=8,
                       progress=False), str(run), log=lambda *a: None)

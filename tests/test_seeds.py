@@ -9,8 +9,8 @@ from minibert4rec.errors import InputError
 from minibert4rec.evaluate import PAPER_ROWS, first_reaching, spread
 from minibert4rec.figures import seeds_figure
 from minibert4rec import evaluate as ev
-from minibert4rec.runs import dataset_of, load_run
-from minibert4rec.settings import PRESETS, TrainConfig
+from minibert4rec.runs import load_run
+from minibert4rec.settings import PRESETS, TrainConfig, dataset_of
 from minibert4rec.train import train
 
 TINY = dict(dataset="synthetic", hidden=16, heads=2, layers=1, batch_size=128, max_len=12,

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from minibert4rec.errors import InputError
-from minibert4rec.runs import dataset_of, load_run, read_arrays, write_arrays
-from minibert4rec.settings import PRESETS, TrainConfig
+from minibert4rec.runs import load_run, read_arrays, write_arrays
+from minibert4rec.settings import PRESETS, TrainConfig, dataset_of
 from minibert4rec.train import train
 
 TINY = dict(dataset="synthetic", hidden=16, heads=2, layers=1, batch_size=128, max_len=12,
@@ -168,7 +168,7 @@ def test_ctrl_c_saves_a_resumable_checkpoint(tmp_path):
 
 def test_non_finite_loss_stops_training_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
     from minibert4rec.model import BERT4Rec
-    from minibert4rec.train import TrainingStopped
+    from minibert4rec.errors import TrainingStopped
     d = tmp_path / "nan"
     cfg = TrainConfig(epochs=2, **TINY)
     train(TrainConfig(epochs=1, **TINY), d, log=quiet)
