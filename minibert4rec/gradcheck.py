@@ -188,7 +188,7 @@ def _training_loss(kernels):
     return functools.partial(fused_output_loss, chunk=3, tile=12)
 
 
-def suite(seed=0, tol=DEFAULT_TOL, model_tol=MODEL_TOL, kernels="reference"):
+def suite(seed=0, tol=DEFAULT_TOL, model_tol=MODEL_TOL, kernels="reference", model=True):
     """Gradient-check all 14 parts (and the whole model); returns a list of CheckResult.
 
     Parts are numbered as the sections of layers.py (1-8), attention.py (9-10),
@@ -196,6 +196,8 @@ def suite(seed=0, tol=DEFAULT_TOL, model_tol=MODEL_TOL, kernels="reference"):
 
     kernels: "reference" (the plain layers) or "fast": the training loss (and
     the whole-model check) then use ``minibert4rec.fast``'s fused output head.
+    model: False leaves out the whole-model checks (``model_checks``, three quarters
+    of the time), for a quick look at the layers.
     """
     from . import attention as A
     from . import encoder as Enc
@@ -348,7 +350,8 @@ def suite(seed=0, tol=DEFAULT_TOL, model_tol=MODEL_TOL, kernels="reference"):
         lambda d, c: dict(zip(("n", "E", "b"), (float(d) * g for g in
                               loss_fn(arr["n"], arr["E"], arr["b"], targets, weights)[1:]))),
         arr := {"n": r(len(targets), D), "E": r(V, D), "b": r(V)})
-    res.extend(model_checks(seed=seed, tol=model_tol, kernels=kernels))
+    if model:
+        res.extend(model_checks(seed=seed, tol=model_tol, kernels=kernels))
     return res
 
 
