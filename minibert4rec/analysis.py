@@ -559,13 +559,14 @@ def attention_over_training(tcfg, run_dir, k=10, log=None):
     base = tcfg.resolved()                  # the preset's epochs; decay at the last epoch
     ds = dataset_of(base)
     split = leave_one_out(ds)
-    pop = popularity_metrics(ds, split, "both", seed=base.seed, n_negatives=base.n_negatives)
+    pop = popularity_metrics(ds, split, "both", seed=base.test_seed, n_negatives=base.n_negatives)
     histories = [h for h in split.test_input if len(h) >= k - 1]
     records = []
     for epoch in range(1, base.epochs + 1):
         train(replace(base, epochs=epoch), run_dir, resume=epoch > 1, log=quiet)
         model, _, _ = load_run(run_dir, which="last")
-        test = test_metrics(model, ds, split, "both", seed=base.seed, n_negatives=base.n_negatives)
+        test = test_metrics(model, ds, split, "both", seed=base.test_seed,
+                            n_negatives=base.n_negatives)
         skill = learned_enough(test, pop)
         stats = attention_stats(collect_attention(model, histories, k=k))
         last = read_json(os.path.join(run_dir, "state.json"))["history"][-1]

@@ -500,3 +500,18 @@ def test_claim_numbers_cross_their_thresholds_exactly_when_the_claims_hold():
             assert (value > threshold) == obs[name]["holds"], name
     one_layer = An.attention_stats(random_maps(rng, 1, 2))
     assert An.claim_numbers(one_layer)["b_layer2_more_recent_than_layer1"][0] is None
+
+
+def test_attention_over_training_scores_on_the_runs_own_test_negatives(tmp_path):
+    """With --negatives-seed, every epoch's test metrics use those negatives, as the run's
+    own --track-test curve does (not the training seed's)."""
+    from minibert4rec.settings import TrainConfig
+    tcfg = TrainConfig(dataset="synthetic", synthetic_users=200, epochs=2, hidden=16, layers=1,
+                       heads=2, batch_size=64, seed=0, negatives_seed=7, track_test=True,
+                       threads=1, progress=False)
+    run = tmp_path / "study"
+    records = An.attention_over_training(tcfg, run, k=5)
+    history = json.loads((run / "state.json").read_text())["history"]
+    assert [r["epoch"] for r in records] == [1, 2]
+    for record, logged in zip(records, history):
+        assert record["test"]["sampled"] == pytest.approx(logged["test"], abs=1e-12)
