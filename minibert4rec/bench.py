@@ -925,31 +925,8 @@ def format_report(r: dict) -> str:
 # ----------------------------------------------------------------------------
 
 
-def add_arguments(parser):
-    """The bench command's options (argparse), for ``cli.py``."""
-    from .errors import int_at_least
-    parser.add_argument("--config", default="beauty", choices=sorted(CONFIGS),
-                        help="the shape to benchmark (default beauty)")
-    parser.add_argument("--steps", type=int_at_least(1), default=20, help="timed training steps (default 20)")
-    parser.add_argument("--warmup", type=int_at_least(0), default=3, help="untimed steps first (default 3)")
-    parser.add_argument("--seed", type=int_at_least(0), default=0, help="seed of the synthetic data (default 0)")
-    parser.add_argument("--threads", type=int_at_least(1), help="limit OpenBLAS to this many threads")
-    parser.add_argument("--cloze-copies", type=int_at_least(1), metavar="K",
-                        help="cloze instances per window beside the mask-last one in the "
-                             "batches (default: the configuration's, as training: 10 for beauty "
-                             "and ml-1m; 1 gives the old 1 + 1 mix)")
-    parser.add_argument("--json", action="store_true", help="print the result as one JSON object")
-    parser.add_argument("--malloc-default", action="store_true",
-                        help="leave malloc returning freed memory to the system (to measure "
-                             "what keeping it buys; see fast.threads.keep_freed_memory)")
-    parser.add_argument("--kernels", choices=("fast", "reference"), default="fast",
-                        help="the path timed first (default fast); the table of tricks shows both")
-    parser.add_argument("--no-compare", action="store_true",
-                        help="skip the table that times the reference path and each trick")
-
-
 def command(args) -> int:
-    """Run the bench command from parsed arguments (see ``add_arguments``); print; return 0."""
+    """Run the bench command from parsed arguments (cli.py's bench options); print; return 0."""
     import json
     r = run_benchmark(args.config, steps=args.steps, warmup=args.warmup, seed=args.seed,
                       progress=not args.json, threads=getattr(args, "threads", None),
@@ -964,5 +941,4 @@ def command(args) -> int:
 __all__ = ["CONFIGS", "COMPONENTS", "run_benchmark", "format_report", "scaling", "format_scaling",
            "train_step_flops", "forward_flops", "inference_flops", "matmul_peak_gflops",
            "peak_rss_mb", "profiled", "Profiler", "synthetic_batches", "user_lengths", "blas_info",
-           "blas_threads", "blas_thread_limit", "resolve_config", "build_model", "add_arguments",
-           "command"]
+           "blas_threads", "blas_thread_limit", "resolve_config", "build_model", "command"]

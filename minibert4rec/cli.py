@@ -330,6 +330,14 @@ def cmd_download(args) -> int:
     return 0
 
 
+def cmd_bench(args) -> int:
+    from . import bench                   # (NumPy and the model: loaded for this command only)
+    if args.config not in bench.CONFIGS:
+        raise InputError(f"unknown benchmark configuration {args.config!r}: "
+                         f"choose one of {', '.join(bench.CONFIGS)}")
+    return bench.command(args)
+
+
 def cmd_figures(args) -> int:
     from .figures import run_figures, scaling_figure, seeds_figure, static_figures
     paths = static_figures(args.out)
@@ -511,13 +519,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bench-steps", type=int_at_least(1), default=5)
     p.set_defaults(func=cmd_figures)
 
-    from . import bench
     p = sub.add_parser("bench", help="where a training step spends its time",
                        description="Time training steps on synthetic batches of a configuration's "
                                    "shape: throughput, per-component forward/backward times, "
                                    "FLOPs against the measured matmul peak, peak memory.")
-    bench.add_arguments(p)
-    p.set_defaults(func=bench.command)
+    p.add_argument("--config", default="beauty",
+                   help="the shape to benchmark: beauty (default), ml-1m or tiny (bench.CONFIGS)")
+    p.add_argument("--steps", type=int_at_least(1), default=20, help="timed training steps (default 20)")
+    p.add_argument("--warmup", type=int_at_least(0), default=3, help="untimed steps first (default 3)")
+    p.add_argument("--seed", type=int_at_least(0), default=0, help="seed of the synthetic data (default 0)")
+    p.add_argument("--threads", type=int_at_least(1), help="limit OpenBLAS to this many threads")
+    p.add_argument("--cloze-copies", type=int_at_least(1), metavar="K",
+                   help="cloze instances per window beside the mask-last one in the batches "
+                        "(default: the configuration's, as training: 10 for beauty and ml-1m; "
+                        "1 gives one cloze and one mask-last instance per window)")
+    p.add_argument("--json", action="store_true", help="print the result as one JSON object")
+    p.add_argument("--malloc-default", action="store_true",
+                   help="leave malloc returning freed memory to the system (to measure "
+                        "what keeping it buys; see fast.threads.keep_freed_memory)")
+    p.add_argument("--kernels", choices=("fast", "reference"), default="fast",
+                   help="the path timed first (default fast); the table of tricks shows both")
+    p.add_argument("--no-compare", action="store_true",
+                   help="skip the table that times the reference path and each trick")
+    p.set_defaults(func=cmd_bench)
     return ap
 
 

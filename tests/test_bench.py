@@ -234,13 +234,29 @@ def test_blas_thread_limit_restores_the_count():
 
 
 def test_command_prints_one_json_object(capsys):
-    import argparse
-    ap = argparse.ArgumentParser()
-    bench.add_arguments(ap)
-    assert bench.command(ap.parse_args(["--config", "tiny", "--steps", "1", "--warmup", "0",
-                                        "--json"])) == 0
+    from minibert4rec import cli
+    assert cli.main(["bench", "--config", "tiny", "--steps", "1", "--warmup", "0", "--json",
+                     "--no-compare"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["config"] == "tiny" and out["steps"] == 1 and "efficiency" in out
+
+
+def test_an_unknown_configuration_is_a_one_line_error(capsys):
+    from minibert4rec import cli
+    assert cli.main(["bench", "--config", "nope"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: unknown benchmark configuration 'nope'") and "\n" not in err
+    assert all(name in err for name in bench.CONFIGS)
+
+
+def test_the_command_line_loads_numpy_only_for_commands_that_need_it():
+    import subprocess
+    import sys
+    code = ("import sys; from minibert4rec import cli; cli.build_parser(); "
+            "print(sorted(m for m in ('numpy', 'minibert4rec.bench', 'minibert4rec.model') "
+            "if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
 
 
 _FAULTS = """
