@@ -20,7 +20,8 @@ token and predict them from BOTH sides. Following the authors' code
    instance in 11 is a mask-last one; ``copies=10`` (the Beauty and MovieLens
    presets in settings.py) gives that mix. With 1 + 1, half of all instances ask
    for the last item, in training the validation item, and on Beauty the model
-   learned those by heart and stopped improving on test (README).
+   learned those by heart and stopped improving on test (docs/beauty.md, "What the
+   10 + 1 mix changes").
 3. Instances are batched; padding (id 0) sits on the right and is never masked.
 
 Shapes: I instances, N max length, B batch, T the longest length in a batch,

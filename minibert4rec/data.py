@@ -579,8 +579,8 @@ def synthetic(n_users: int = 2000, n_items: int = 200, seed: int = 0, n_chains: 
     What a model should learn:
 
     * the last item almost determines the next one: a model that finds the
-      successor gets Hit@1 close to ``p_follow`` (0.75), far above
-    * a popularity baseline, which only profits from the jumps;
+      successor gets Hit@1 close to ``p_follow`` (0.75), far above a popularity
+      baseline, which only profits from the jumps;
     * the structure also runs backwards (an item's predecessor is fixed too),
       so a bidirectional model can fill in a masked item from either neighbour.
 

@@ -46,8 +46,9 @@ import numpy as np
 DEFAULT_H = 1e-5
 DEFAULT_TOL = 1e-7   # layers reach ~1e-10 to 1e-8 here; a wrong backward gives ~1e-2 or worse,
                      # the subtlest ones ~1e-6 (a loss divided by sum(w) instead of sum(w) + 1e-5)
-MASKED_ROW_TOL = 1e-6  # a row whose keys are ALL masked: the mask's -1e9 swamps the nudge h, so
-                       # finite differences there are good to ~1e-8 only (the gradient is ~0)
+MASKED_ROW_TOL = 1e-6  # a row whose keys are ALL masked: adding layers.MASK_VALUE (-10000) moves
+                       # the scores to ~1e4, where float64's spacing is ~2e-12, so a nudge h = 1e-5
+                       # keeps only ~7 digits: the check reaches ~2e-8 there, not ~1e-11
 MODEL_TOL = 1e-6     # the whole model chains ~30 layers: round-off grows to ~2e-7
 FLOOR = 1e-2         # below this size a gradient is compared absolutely (see rel_error)
 

@@ -15,7 +15,8 @@ The loop, without its bookkeeping (``_train_loop``, after ``train`` and ``_train
             loss, grads = model.loss_and_grads(batch.ids, batch.sel, batch.targets,
                                                rng=dropout_rng, train=True)
             opt.step(model.params, grads)                    # clip, learning rate, update
-        valid = evaluate(validation split, model.score_candidates, ...)  # evaluate.py, sampled
+        valid = evaluate(model.score_next, validation split, protocol="sampled",   # evaluate.py
+                         candidate_fn=model.score_candidates)   # 100 negatives + the true item
         if valid["NDCG@10"] improved: keep a copy of the weights
         write the checkpoint
     the test metrics of the kept weights -> metrics.json
