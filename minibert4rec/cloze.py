@@ -115,6 +115,8 @@ class ClozeSampler:
 
     @property
     def n_instances(self) -> int:
+        """Instances per epoch: ``copies`` cloze instances of every window, plus one
+        mask-last instance each when ``mask_last_instances``."""
         return len(self.lengths) * (self.copies + (1 if self.mask_last_instances else 0))
 
     def epoch(self, batch_size, rng, bucket=50):

@@ -82,6 +82,7 @@ class Dataset:
 
     @property
     def n_users(self) -> int:
+        """The number of users, one sequence each."""
         return len(self.sequences)
 
     @property
@@ -161,9 +162,6 @@ def leave_one_out(ds: Dataset) -> Split:
     )
 
 
-# --------------------------------------------------------------------------- #
-# From a list of interactions to a Dataset (id remapping)
-# --------------------------------------------------------------------------- #
 def check_same_data(model, ds: Dataset, run_dir=None) -> None:
     """Refuse to use a model on a data set whose items are not the ones it was trained on
     (its vocabulary, ``model.cfg.vocab_size``, must be ``ds.vocab_size``)."""
@@ -174,6 +172,9 @@ def check_same_data(model, ds: Dataset, run_dir=None) -> None:
                          f"(the model's item ids would not match)")
 
 
+# --------------------------------------------------------------------------- #
+# From a list of interactions to a Dataset (id remapping)
+# --------------------------------------------------------------------------- #
 def _number_by_first_appearance(values) -> tuple[np.ndarray, list]:
     """Number distinct values 0, 1, 2, ... in order of first appearance.
 

@@ -484,7 +484,12 @@ def evaluate_model(model, histories, targets, popularity, protocol="both", negat
 
 def test_metrics(model, ds: Dataset, split=None, protocol="both", seed=0, batch_size=256,
                  progress=False, n_negatives=100):
-    """The paper's protocol on the test split (last item of every user)."""
+    """The paper's protocol on the test split (the last item of every user).
+
+    model: a ``BERT4Rec`` trained on ``ds``; split: ``leave_one_out(ds)`` (None: made here);
+    protocol: "sampled", "full" or "both"; seed: draws the sampled protocol's negatives.
+    Returns {protocol: {"HR@1", "HR@5", "HR@10", "NDCG@5", "NDCG@10", "MRR": float}}, one
+    entry per protocol asked for, each metric the mean over the ds.n_users test users."""
     check_same_data(model, ds)
     split = split or leave_one_out(ds)
     return evaluate_model(model, split.test_input, split.test_target, ds.popularity(), protocol,
@@ -494,7 +499,7 @@ def test_metrics(model, ds: Dataset, split=None, protocol="both", seed=0, batch_
 
 def popularity_metrics(ds: Dataset, split=None, protocol="both", seed=0, n_negatives=100):
     """The popularity baseline on the test split, scored like ``test_metrics`` (same seed, same
-    negatives): the bar a trained model must clear."""
+    negatives): the bar a trained model must clear. Returns the same dict as ``test_metrics``."""
     split = split or leave_one_out(ds)
     return evaluate(popularity_scorer(ds.popularity()), split.test_input, split.test_target,
                     protocol=protocol, popularity=ds.popularity(), seed=seed,

@@ -13,6 +13,12 @@ M gathered positions (the masked ones whose item is predicted).
       -> logits = h E^T + out_bias   (E tied with the input embedding)          (M, V)
       -> softmax cross-entropy, averaged over the real masked slots             scalar
 
+In this file: the configuration and the initialisation; the two new layer pairs
+of the output end (13 the head, 14 the loss); then the class ``BERT4Rec``, whose
+``encode`` chains the input end from pairs already met (7 lookup, 8 position,
+4 LayerNorm, 6 dropout in layers.py) and the blocks of encoder.py, and whose
+``loss_and_grads`` adds 13 and 14 on top.
+
 Parameters live in ONE dict ``model.params`` (name -> array) and gradients in
 a dict with the same names, so the optimizer and the gradient checker just
 loop over names. Encoder layer l owns ``layer{l}.Wq`` ... ``layer{l}.ln2_b``.
@@ -392,7 +398,10 @@ class BERT4Rec:
         return loss, grads
 
     def loss(self, ids, sel, targets, weights=None):
-        """The loss alone, by the layer pairs 13 and 14 (eval mode, for checks)."""
+        """The loss alone, by the layer pairs 13 and 14 (eval mode, for checks).
+
+        ids: (B, T), sel: (M,) flat indices b * T + t, targets: (M,), weights: (M,) or
+        None -> a float, the same loss ``loss_and_grads`` returns without dropout."""
         h, _ = self.encode(ids, train=False, keep_attention=False)
         hg, _ = gather_rows(h, sel)
         n, _ = head_transform_forward(hg, self.params, self.cfg.gelu, self.cfg.ln_eps)
@@ -446,6 +455,7 @@ class BERT4Rec:
 
 
 def n_parameters(params: dict) -> int:
+    """The number of scalars in all parameter arrays together."""
     return int(sum(v.size for v in params.values()))
 
 

@@ -45,6 +45,9 @@ def clip_by_global_norm(grads: dict, max_norm: float) -> float:
 
 
 def learning_rate(step: int, lr: float, warmup: int, total_steps: int) -> float:
+    """The learning rate of update number ``step`` (0, 1, ...): a linear rise from 0 to
+    ``lr`` over the first ``warmup`` steps, then a linear decay to 0 at ``total_steps``
+    (the decay counts from step 0, as in BERT: after warm-up it starts a little below ``lr``)."""
     if warmup and step < warmup:
         return lr * step / warmup
     return lr * max(0.0, 1.0 - step / max(1, total_steps))
@@ -63,6 +66,7 @@ class AdamWeightDecay:
         self.step_count = 0
 
     def current_lr(self) -> float:
+        """The learning rate the next ``step`` will use (``learning_rate`` at step_count)."""
         return learning_rate(self.step_count, self.lr, self.warmup, self.total_steps)
 
     def step(self, params: dict, grads: dict) -> float:
@@ -100,6 +104,8 @@ class AdamWeightDecay:
         return out
 
     def load_state_arrays(self, arrays: dict, step_count: int):
+        """Restore the moments from ``state_arrays``' dict (each 'm/name', 'v/name' the
+        shape of params[name]) and the number of steps taken (for the schedule)."""
         for k in self.m:
             self.m[k][...] = arrays[f"m/{k}"]
             self.v[k][...] = arrays[f"v/{k}"]
