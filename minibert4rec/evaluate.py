@@ -487,7 +487,7 @@ def test_metrics(model, ds: Dataset, split=None, protocol="both", seed=0, batch_
     """The paper's protocol on the test split (the last item of every user).
 
     model: a ``BERT4Rec`` trained on ``ds``; split: ``leave_one_out(ds)`` (None: made here);
-    protocol: "sampled", "full" or "both"; seed: draws the sampled protocol's negatives.
+    protocol: "sampled", "full" or "both"; seed: seeds the sampled negatives and the tie-breaks.
     Returns {protocol: {"HR@1", "HR@5", "HR@10", "NDCG@5", "NDCG@10", "MRR": float}}, one
     entry per protocol asked for, each metric the mean over the ds.n_users test users."""
     check_same_data(model, ds)

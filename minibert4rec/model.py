@@ -401,7 +401,8 @@ class BERT4Rec:
         """The loss alone, by the layer pairs 13 and 14 (eval mode, for checks).
 
         ids: (B, T), sel: (M,) flat indices b * T + t, targets: (M,), weights: (M,) or
-        None -> a float, the same loss ``loss_and_grads`` returns without dropout."""
+        None -> a float, the loss ``loss_and_grads`` returns without dropout (on the fast path
+        up to float rounding)."""
         h, _ = self.encode(ids, train=False, keep_attention=False)
         hg, _ = gather_rows(h, sel)
         n, _ = head_transform_forward(hg, self.params, self.cfg.gelu, self.cfg.ln_eps)

@@ -505,13 +505,19 @@ def test_claim_numbers_cross_their_thresholds_exactly_when_the_claims_hold():
 def test_attention_over_training_scores_on_the_runs_own_test_negatives(tmp_path):
     """With --negatives-seed, every epoch's test metrics use those negatives, as the run's
     own --track-test curve does (not the training seed's)."""
-    from minibert4rec.settings import TrainConfig
+    from minibert4rec.data import leave_one_out
+    from minibert4rec.evaluate import popularity_metrics
+    from minibert4rec.settings import TrainConfig, dataset_of
     tcfg = TrainConfig(dataset="synthetic", synthetic_users=200, epochs=2, hidden=16, layers=1,
-                       heads=2, batch_size=64, seed=0, negatives_seed=7, track_test=True,
+                       heads=2, batch_size=64, seed=0, negatives_seed=1, track_test=True,
                        threads=1, progress=False)
     run = tmp_path / "study"
     records = An.attention_over_training(tcfg, run, k=5)
     history = json.loads((run / "state.json").read_text())["history"]
     assert [r["epoch"] for r in records] == [1, 2]
+    ds = dataset_of(tcfg.resolved())
+    popularity = popularity_metrics(ds, leave_one_out(ds), "both", seed=1)   # the same negatives
+    assert popularity != popularity_metrics(ds, leave_one_out(ds), "both", seed=0)   # (they differ)
     for record, logged in zip(records, history):
         assert record["test"]["sampled"] == pytest.approx(logged["test"], abs=1e-12)
+        assert record["skill"] == An.learned_enough(record["test"], popularity)

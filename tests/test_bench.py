@@ -247,9 +247,12 @@ def test_an_unknown_configuration_is_a_one_line_error(capsys):
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: unknown benchmark configuration 'nope'") and "\n" not in err
     assert all(name in err for name in bench.CONFIGS)
+    bench_help = cli.build_parser()._subparsers._group_actions[0].choices["bench"].format_help()
+    assert all(name in bench_help for name in bench.CONFIGS)    # the help names every one
 
 
-def test_the_command_line_loads_numpy_only_for_commands_that_need_it():
+def test_building_the_command_line_loads_no_numpy():
+    """--help and download stay quick: bench (NumPy, the model) loads when its command runs."""
     import subprocess
     import sys
     code = ("import sys; from minibert4rec import cli; cli.build_parser(); "
