@@ -59,10 +59,22 @@ def test_resume_is_bit_identical(run3, tmp_path):
     assert metrics == metrics3
 
 
-def test_resume_from_the_middle_of_an_epoch_is_bit_identical(run3, tmp_path):
+def a_clock_one_second_per_reading():
+    """train's clock, made slow: every reading is one second later, so a budget of 1e-4
+    minutes runs out at the first check (after one step) on any machine."""
+    import itertools
+    import types
+    ticks = itertools.count()
+    return types.SimpleNamespace(perf_counter=lambda: float(next(ticks)))
+
+
+def test_resume_from_the_middle_of_an_epoch_is_bit_identical(run3, tmp_path, monkeypatch):
+    import minibert4rec.train as train_module
     d3, _ = run3
     d = tmp_path / "mid"
-    train(TrainConfig(epochs=3, minutes=1e-4, **TINY), d, log=quiet)    # stops after one step
+    with monkeypatch.context() as m:
+        m.setattr(train_module, "time", a_clock_one_second_per_reading())
+        train(TrainConfig(epochs=3, minutes=1e-4, **TINY), d, log=quiet)   # stops after one step
     state = json.loads((d / "state.json").read_text())
     assert state["epoch"] == 0 and state["batch"] == 1
     train(TrainConfig(epochs=3, **TINY), d, resume=True, log=quiet)
