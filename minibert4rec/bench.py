@@ -929,11 +929,9 @@ def command(args) -> int:
     """Run the bench command from parsed arguments (cli.py's bench options); print; return 0."""
     import json
     r = run_benchmark(args.config, steps=args.steps, warmup=args.warmup, seed=args.seed,
-                      progress=not args.json, threads=getattr(args, "threads", None),
-                      keep_memory=not getattr(args, "malloc_default", False),
-                      kernels=getattr(args, "kernels", "fast"),
-                      compare=not getattr(args, "no_compare", False),
-                      overrides={"cloze_copies": getattr(args, "cloze_copies", None)})
+                      progress=not args.json, threads=args.threads,
+                      keep_memory=not args.malloc_default, kernels=args.kernels,
+                      compare=not args.no_compare, overrides={"cloze_copies": args.cloze_copies})
     print(json.dumps(r, indent=1) if args.json else format_report(r))
     return 0
 
