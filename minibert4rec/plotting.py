@@ -345,12 +345,19 @@ def plot_runs_curves(histories, labels, target=None, metrics=("HR@10", "NDCG@10"
             if reached is not None:
                 ax.plot(reached.get(xkey), reached[split][name], "o", ms=11, mfc="none",
                         color=line.get_color())
-    for ax, name in zip(axes[0], metrics):
+    for i, ax in enumerate(axes[0]):
+        name = metrics[i]
         if target and name in target:
-            ax.axhline(target[name], color="k", ls="--", lw=1, label=f"paper {target[name]:.4f}")
+            paper = ax.axhline(target[name], color="k", ls="--", lw=1,
+                               label=f"paper {target[name]:.4f}")
+            if i > 0:                     # the runs are named once, in the first panel
+                ax.legend(handles=[paper], fontsize=8, loc="lower right")
         ax.set_xlabel(xkey)
         ax.set_ylabel(f"{split} {name}")
         ax.grid(alpha=0.3)
+    if target:                            # what the rings mean, once
+        axes[0][0].plot([], [], "o", ms=11, mfc="none", color="gray",
+                        label="first at the paper's row")
     axes[0][0].legend(fontsize=8)
     if title:
         fig.suptitle(title)
