@@ -137,3 +137,20 @@ def test_the_presets_doc_lists_every_preset_as_the_code_has_it():
                 int(epochs)) == tuple(preset[k] for k in (
                     "max_len", "mask_ratio", "max_predictions", "sliding_step", "hidden_dropout",
                     "attention_dropout", "cloze_copies", "epochs")), name
+
+
+def test_the_beauty_doc_and_readme_quote_the_committed_seed_summary():
+    """The three-seed mean in docs/beauty.md and the README is the one `figures --seed-runs`
+    wrote to figures/beauty/seeds.json (rounded to 4 places): regenerate both together."""
+    import pathlib
+    root = pathlib.Path(__file__).parents[1]
+    summary = json.loads((root / "figures" / "beauty" / "seeds.json").read_text())
+    assert len(summary["runs"]) == 3 and summary["negatives_seed"] is not None
+    mean = {k: f"{v:.4f}" for k, v in summary["mean"].items()}
+    doc = (root / "docs" / "beauty.md").read_text()
+    doc_rows = [line for line in doc.splitlines() if line.startswith("| mean |")]
+    assert len(doc_rows) == 1
+    cells = [c.strip() for c in doc_rows[0].strip("|").split("|")]
+    assert cells[1:7] == [mean[k] for k in ("HR@1", "HR@5", "HR@10", "NDCG@5", "NDCG@10", "MRR")]
+    readme = " ".join((root / "README.md").read_text().split())
+    assert f"HR@10 {mean['HR@10']}, NDCG@10 {mean['NDCG@10']}" in readme
