@@ -173,8 +173,11 @@ def seeds_figure(run_dirs, out, command=None):
     (the same --negatives-seed, or all seed 0), so every run is scored on the same candidates.
     Writes out/<dataset>/seeds_curves.png (test HR@10 and NDCG@10 against minutes, the paper's
     row dashed, the first epoch at which a run reaches it ringed) and out/<dataset>/seeds.json:
-    per run its seed, epochs, minutes, kept epoch, test metrics (metrics.json, sampled) and the
-    first epoch and minute at which it reaches the paper's row; then their mean, std, min, max.
+    per run its seed, epochs, minutes, kept epoch, test metrics (metrics.json: "test" sampled,
+    "test_full" full ranking when the run has it), its curve (epoch, minutes and test metrics
+    after every epoch, from state.json) and the first epoch and minute at which it reaches the
+    paper's row; then the mean, std, min and max of the sampled metrics, and under "full" those
+    of the full-ranking ones (when every run has them).
     """
     from .errors import InputError
     from .evaluate import PAPER_ROWS, first_reaching, spread
@@ -197,9 +200,14 @@ def seeds_figure(run_dirs, out, command=None):
         datasets.add(os.path.basename(tcfg.dataset).split(".")[0])
         test_seeds.add(tcfg.test_seed)
         histories.append(history)
-        rows.append({"run": run, "seed": tcfg.seed, "epochs": state.get("epoch"),
-                     "minutes": round(state.get("elapsed", 0) / 60, 1),
-                     "kept_epoch": state.get("best_epoch"), "test": metrics["sampled"]})
+        row = {"run": run, "seed": tcfg.seed, "epochs": state.get("epoch"),
+               "minutes": round(state.get("elapsed", 0) / 60, 1),
+               "kept_epoch": state.get("best_epoch"), "test": metrics["sampled"]}
+        if isinstance(metrics.get("full"), dict):
+            row["test_full"] = metrics["full"]
+        row["curve"] = [{"epoch": h["epoch"], "minutes": h["minutes"], "test": h["test"]}
+                        for h in history if "test" in h]
+        rows.append(row)
     if len(datasets) != 1:
         raise InputError(f"--seed-runs: the runs are of different datasets ({sorted(datasets)})")
     if len(test_seeds) != 1:
@@ -221,6 +229,8 @@ def seeds_figure(run_dirs, out, command=None):
                             title=f"{dataset}: test metrics (sampled) of {len(rows)} runs"))
     summary = {"command": command, "dataset": dataset, "negatives_seed": test_seeds.pop(),
                "paper_row": target, "runs": rows, **spread([r["test"] for r in rows])}
+    if all("test_full" in r for r in rows):
+        summary["full"] = spread([r["test_full"] for r in rows])
     j = os.path.join(sub, "seeds.json")
     with open(j, "w") as f:
         json.dump(summary, f, indent=1)

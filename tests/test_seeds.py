@@ -97,6 +97,12 @@ def test_seeds_figure_writes_curves_and_the_spread(seed_runs, tmp_path):
     tests = [json.load(open(f"{d}/metrics.json"))["sampled"] for d in (s0, s1)]
     assert summary["mean"]["NDCG@10"] == pytest.approx((tests[0]["NDCG@10"] + tests[1]["NDCG@10"]) / 2)
     assert all(r["reaches_paper_row"] is None for r in summary["runs"])   # no paper row here
+    fulls = [json.load(open(f"{d}/metrics.json"))["full"] for d in (s0, s1)]
+    assert [r["test_full"] for r in summary["runs"]] == fulls
+    assert summary["full"]["max"]["HR@10"] == max(f["HR@10"] for f in fulls)
+    history = json.load(open(f"{s1}/state.json"))["history"]
+    assert summary["runs"][1]["curve"] == [{"epoch": h["epoch"], "minutes": h["minutes"],
+                                            "test": h["test"]} for h in history]
 
 
 def test_seeds_figure_refuses_runs_on_other_negatives_or_without_curves(seed_runs, tmp_path):
@@ -139,9 +145,10 @@ def test_the_presets_doc_lists_every_preset_as_the_code_has_it():
                     "attention_dropout", "cloze_copies", "epochs")), name
 
 
-def test_the_beauty_doc_and_readme_quote_the_committed_seed_summary():
-    """The three-seed mean in docs/beauty.md and the README is the one `figures --seed-runs`
-    wrote to figures/beauty/seeds.json (rounded to 4 places): regenerate both together."""
+def test_the_docs_and_readme_quote_the_committed_seed_summary():
+    """The three-seed mean in docs/beauty.md, docs/presets.md and the README is the one
+    `figures --seed-runs` wrote to figures/beauty/seeds.json (rounded to 4 places): regenerate
+    them together."""
     import pathlib
     root = pathlib.Path(__file__).parents[1]
     summary = json.loads((root / "figures" / "beauty" / "seeds.json").read_text())
@@ -154,3 +161,5 @@ def test_the_beauty_doc_and_readme_quote_the_committed_seed_summary():
     assert cells[1:7] == [mean[k] for k in ("HR@1", "HR@5", "HR@10", "NDCG@5", "NDCG@10", "MRR")]
     readme = " ".join((root / "README.md").read_text().split())
     assert f"HR@10 {mean['HR@10']}, NDCG@10 {mean['NDCG@10']}" in readme
+    presets = " ".join((root / "docs" / "presets.md").read_text().split())
+    assert f"HR@10 {mean['HR@10']} and NDCG@10 {mean['NDCG@10']}" in presets
