@@ -345,8 +345,7 @@ def plot_runs_curves(histories, labels, target=None, metrics=("HR@10", "NDCG@10"
             if reached is not None:
                 ax.plot(reached.get(xkey), reached[split][name], "o", ms=11, mfc="none",
                         color=line.get_color())
-    for i, ax in enumerate(axes[0]):
-        name = metrics[i]
+    for i, (ax, name) in enumerate(zip(axes[0], metrics)):
         if target and name in target:
             paper = ax.axhline(target[name], color="k", ls="--", lw=1,
                                label=f"paper {target[name]:.4f}")

@@ -159,6 +159,7 @@ def test_the_docs_and_readme_quote_the_committed_seed_summary():
     assert len(doc_rows) == 1
     cells = [c.strip() for c in doc_rows[0].strip("|").split("|")]
     assert cells[1:7] == [mean[k] for k in ("HR@1", "HR@5", "HR@10", "NDCG@5", "NDCG@10", "MRR")]
+    assert cells[7:10] == [f"{summary['full']['mean'][k]:.4f}" for k in ("HR@10", "NDCG@10", "MRR")]
     readme = " ".join((root / "README.md").read_text().split())
     assert f"HR@10 {mean['HR@10']}, NDCG@10 {mean['NDCG@10']}" in readme
     presets = " ".join((root / "docs" / "presets.md").read_text().split())
